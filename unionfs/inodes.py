@@ -1,0 +1,152 @@
+"""The inode table: FUSE inode numbers, lookup counts, and the nodes behind them.
+
+Inode numbers are derived from the identity of the entry's origin (the
+filesystem id, device and inode number of its topmost copy) with xxh64, so the
+same file gets the same number on every mount, `stat` and `readdir` agree, and
+copies in different layers never share a number. The root is always 1.
+
+The kernel holds a lookup count on every inode it knows; a node stays in the
+table until `forget` brings its count to zero. A forgotten node may live on as
+the `parent` of a node the kernel still knows (a hard link reached through a
+different directory); it is then reachable only through that child.
+"""
+
+import errno
+import logging
+import os
+import struct
+from collections.abc import Iterable
+
+import xxhash
+
+from .merge import Copy
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+_INO_MASK = (1 << 63) - 1  # keep st_ino positive for every consumer of stat
+_KEY = struct.Struct("<QQQ")
+
+
+class Node:
+    """One merged-view entry: where it lives and what the kernel knows of it.
+
+    `copies` are the visible copies, top first: one for a non-directory, the
+    merging stack for a directory. `st` is the lstat of the top copy (layers are
+    immutable, so it stays valid). `parent`/`name` lead from the root to it.
+    """
+
+    __slots__ = ("copies", "ino", "lookups", "name", "parent", "st", "xattr_names")
+
+    def __init__(
+        self,
+        ino: int,
+        parent: "Node | None",
+        name: bytes,
+        copies: tuple[Copy, ...],
+        st: os.stat_result,
+    ) -> None:
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.copies = copies
+        self.st = st
+        self.lookups = 0
+        self.xattr_names: tuple[bytes, ...] | None = None
+
+    @property
+    def top_layer(self) -> int:
+        return self.copies[0].layer
+
+    @property
+    def is_merged_dir(self) -> bool:
+        return len(self.copies) > 1
+
+    def __repr__(self) -> str:
+        return f"Node(ino={self.ino}, name={self.name!r}, layers={[c.layer for c in self.copies]})"
+
+
+def origin_ino(fsid: int, st: os.stat_result, salt: int = 0) -> int:
+    """The inode number for an entry whose top copy has lstat `st`."""
+    key = _KEY.pack(fsid & 0xFFFFFFFFFFFFFFFF, st.st_dev, st.st_ino)
+    ino = xxhash.xxh64_intdigest(key, seed=salt) & _INO_MASK
+    return ino if ino > ROOT_INO else ino + 2
+
+
+class InodeTable:
+    """Inode number -> `Node` for every inode the kernel holds a count on."""
+
+    def __init__(self, root: Node) -> None:
+        if root.ino != ROOT_INO:
+            raise ValueError("the root node must carry inode number 1")
+        self.root = root
+        root.lookups = 1  # the kernel never forgets the root
+        self._nodes: dict[int, Node] = {ROOT_INO: root}
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def get(self, ino: int) -> Node:
+        """The node for `ino`; KeyError if the kernel should not know it."""
+        return self._nodes[ino]
+
+    def find(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def number_for(self, fsid: int, st: os.stat_result) -> int:
+        """The inode number of the entry whose top copy has lstat `st`.
+
+        A 64-bit hash collision with a different live entry (never seen, but
+        possible) is resolved by rehashing with the next seed.
+        """
+        for salt in range(16):
+            ino = origin_ino(fsid, st, salt)
+            node = self._nodes.get(ino)
+            if node is None or (node.st.st_dev, node.st.st_ino) == (st.st_dev, st.st_ino):
+                return ino
+            log.warning("inode number collision on %d (salt %d)", ino, salt)
+        raise OSError(errno.EOVERFLOW, "no free inode number")
+
+    def intern(self, candidate: Node) -> Node:
+        """The table's node for `candidate`'s inode number, adding it if new.
+
+        Does not count a lookup: call `remember` once the kernel has the reply.
+        """
+        existing = self._nodes.get(candidate.ino)
+        if existing is None:
+            self._nodes[candidate.ino] = candidate
+            return candidate
+        return existing
+
+    def remember(self, node: Node) -> None:
+        """Count one lookup the kernel now holds on `node`."""
+        if node.lookups == 0:
+            self._nodes[node.ino] = node
+        node.lookups += 1
+
+    def drop_if_unused(self, node: Node) -> None:
+        """Remove a node that was interned but never handed to the kernel."""
+        if node.lookups == 0 and self._nodes.get(node.ino) is node:
+            del self._nodes[node.ino]
+
+    def forget(self, pairs: Iterable[tuple[int, int]]) -> list[Node]:
+        """Apply the kernel's forgets; return the nodes that left the table.
+
+        Never raises: an unknown inode or an excess count is logged and skipped.
+        """
+        gone: list[Node] = []
+        for ino, requested in pairs:
+            node = self._nodes.get(ino)
+            if node is None or ino == ROOT_INO:
+                if node is None:
+                    log.warning("forget for unknown inode %d", ino)
+                continue
+            count = requested
+            if count > node.lookups:
+                log.warning("forget(%d) of inode %d with lookup count %d", count, ino, node.lookups)
+                count = node.lookups
+            node.lookups -= count
+            if node.lookups == 0:
+                del self._nodes[ino]
+                gone.append(node)
+        return gone

@@ -1,0 +1,59 @@
+"""Whiteout and opaque-directory formats, as read from a layer.
+
+Three whiteout forms hide a lower name (all are recognised, none is shown):
+
+* overlayfs: a character device with device number 0/0;
+* overlayfs "xattr whiteout": a zero-size regular file carrying
+  ``trusted.overlay.whiteout`` or ``user.overlay.whiteout``;
+* OCI: an entry ``.wh.NAME`` next to the hidden ``NAME``.
+
+Three markers make a directory opaque (it cuts off every lower layer):
+
+* ``trusted.overlay.opaque`` = ``y`` or ``user.overlay.opaque`` = ``y``
+  (the value ``x`` only says "this directory holds xattr whiteouts");
+* an OCI entry ``.wh..wh..opq`` inside the directory.
+
+Names starting with ``.wh.`` are reserved by the OCI format: they can never be
+visible names of the merged view.
+"""
+
+import os
+import stat
+
+OCI_PREFIX = b".wh."
+OCI_OPAQUE = b".wh..wh..opq"
+WHITEOUT_XATTRS = (b"trusted.overlay.whiteout", b"user.overlay.whiteout")
+OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
+OPAQUE_YES = b"y"
+PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+
+
+def is_reserved_name(name: bytes) -> bool:
+    """True for names the OCI whiteout format claims (``.wh.*``)."""
+    return name.startswith(OCI_PREFIX)
+
+
+def oci_whiteout_target(name: bytes) -> bytes | None:
+    """The name an OCI whiteout entry hides, or None if `name` is not one.
+
+    The opaque marker ``.wh..wh..opq`` is not a whiteout of anything.
+    """
+    if not name.startswith(OCI_PREFIX) or name == OCI_OPAQUE:
+        return None
+    target = name[len(OCI_PREFIX) :]
+    return target or None
+
+
+def is_chardev_whiteout(st: os.stat_result) -> bool:
+    """The overlayfs whiteout: a character device 0/0."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def may_be_xattr_whiteout(st: os.stat_result) -> bool:
+    """Only zero-size regular files can be xattr whiteouts (cheap pre-check)."""
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
+def is_private_xattr(name: bytes) -> bool:
+    """Overlay bookkeeping attributes, never shown through the mount."""
+    return name.startswith(PRIVATE_XATTR_PREFIXES)
