@@ -8,6 +8,7 @@ the bare forms that fuse-overlayfs drivers use are accepted:
 mount.fuse3).
 """
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -51,6 +52,14 @@ def cli() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where the background daemon logs (default: syslog).",
 )
+@click.option(
+    "--cache-timeout",
+    type=click.FloatRange(min=0),
+    default=86400.0,
+    show_default=True,
+    help="Seconds the kernel may cache names and attributes (layers are immutable; "
+    "0 turns kernel caching off, for measurements).",
+)
 @click.argument("source_or_mountpoint", metavar="MOUNTPOINT")
 @click.argument("mountpoint_after_source", required=False, metavar="", default=None)
 def mount_cmd(
@@ -59,13 +68,16 @@ def mount_cmd(
     foreground: bool,
     debug: bool,
     log_file: Path | None,
+    cache_timeout: float,
     source_or_mountpoint: str,
     mountpoint_after_source: str | None,
 ) -> None:
     """Mount the union of layer directories on MOUNTPOINT (read-only)."""
     # mount.fuse3 passes "SOURCE MOUNTPOINT"; the source names nothing here.
     mountpoint = mountpoint_after_source or source_or_mountpoint
-    config = build_config(lowers, mountpoint, option_strings)
+    config = dataclasses.replace(
+        build_config(lowers, mountpoint, option_strings), cache_timeout=cache_timeout
+    )
     if foreground:
         _log_to_stderr(debug)
     daemon.mount(config, foreground=foreground, debug=debug, log_file=log_file)

@@ -192,7 +192,7 @@ def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> Non
     layers = _open_layers(config)
     fs = UnionFS(layers)
     try:
-        ops = Operations(fs, debug=debug)
+        ops = Operations(fs, debug=debug, cache_timeout=config.cache_timeout)
         mountpoint = os.path.realpath(config.mountpoint)
         with _capture_stderr() as libfuse_said:
             try:

@@ -62,11 +62,16 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, fs: UnionFS, *, debug: bool = False) -> None:
+    def __init__(
+        self, fs: UnionFS, *, debug: bool = False, cache_timeout: float = IMMUTABLE_TIMEOUT
+    ) -> None:
         super().__init__()
         self.fs = fs
         self.debug = debug
-        self.timeout = IMMUTABLE_TIMEOUT
+        # With a timeout of 0 the kernel caches nothing: every access asks the
+        # daemon again (only useful to measure what the caches buy).
+        self.timeout = cache_timeout
+        self.keep_cache = cache_timeout > 0
 
     def entry(self, node: Node) -> pyfuse3.EntryAttributes:
         st = node.st
@@ -166,7 +171,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=self.fs.open(inode, flags), keep_cache=True)
+        return pyfuse3.FileInfo(fh=self.fs.open(inode, flags), keep_cache=self.keep_cache)
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import whiteout
 from .merge import Copy, Kind
 
+NAME_MAX = 255
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
 _NO_XATTR = (errno.ENODATA, errno.ENOTSUP, errno.EPERM)
@@ -138,7 +139,8 @@ def observe(layer: int, dirfd: int, name: bytes) -> tuple[Copy, os.stat_result |
     """Look `name` up in one layer's directory: its classification and lstat."""
     st = lstat_at(dirfd, name)
     if st is None:
-        if lstat_at(dirfd, whiteout.OCI_PREFIX + name) is not None:
+        oci = whiteout.OCI_PREFIX + name
+        if len(oci) <= NAME_MAX and lstat_at(dirfd, oci) is not None:
             return Copy(layer, Kind.WHITEOUT), None
         return Copy(layer, Kind.ABSENT), None
     return classify(layer, dirfd, name, st), st

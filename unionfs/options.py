@@ -38,6 +38,7 @@ class MountConfig:
     upper: Path | None = None
     work: Path | None = None
     fuse_options: frozenset[str] = field(default_factory=frozenset)
+    cache_timeout: float = 86400.0
 
     @property
     def writable(self) -> bool:

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from . import layer as io
 from . import whiteout
 from .inodes import ROOT_INO, InodeTable, Node
-from .layer import Layer
+from .layer import NAME_MAX, Layer
 from .merge import Copy, Kind, Resolution, resolve
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 _DOTS = (b".", b"..")
 
