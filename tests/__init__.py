@@ -1,0 +1,1 @@
+"""Tests of unionfs, and the support code they share."""
