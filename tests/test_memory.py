@@ -1,0 +1,67 @@
+"""The daemon keeps lookup counts and honours forget: walking large trees again
+and again does not grow its memory."""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.kernel import TmpMounts
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+
+FILES_PER_TREE = 20000
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def daemon_pid(mnt: Path) -> int:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"mount" in args and str(mnt).encode() in args:
+                return int(entry.name)
+    raise AssertionError("daemon not found")
+
+
+def forget_everything() -> None:
+    """Make the kernel drop its dentries and inodes: it sends FORGET for them."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+    time.sleep(0.5)
+
+
+def test_walks_do_not_grow_memory(tmp_path: Path, tmp_mounts: TmpMounts) -> None:
+    bottom = tmp_path / "bottom"
+    for tree in ("a", "b"):
+        for i in range(FILES_PER_TREE):
+            d = bottom / tree / f"d{i // 500}"
+            if i % 500 == 0:
+                d.mkdir(parents=True)
+            (d / f"f{i}").touch()
+    top = tmp_path / "top"
+    (top / "a").mkdir(parents=True)
+    mnt = tmp_mounts.unionfs([top, bottom])
+    pid = daemon_pid(mnt)
+
+    peaks, after_forget = [], []
+    for tree in "abab":
+        subprocess.run(["find", str(mnt / tree)], check=True, stdout=subprocess.DEVNULL)
+        peaks.append(rss_kib(pid))
+        forget_everything()
+        after_forget.append(rss_kib(pid))
+
+    # Forgotten nodes are freed: memory falls well below the peak...
+    assert after_forget[0] < peaks[0] - 8 * 1024, (peaks, after_forget)
+    # ...and walking a different tree reuses it instead of adding to it.
+    assert max(peaks[1:]) < peaks[0] + 8 * 1024, (peaks, after_forget)
