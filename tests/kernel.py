@@ -393,6 +393,21 @@ class TmpMounts:
         return problems
 
 
+def unionfs_daemon_pids(mountpoint: Path) -> set[int]:
+    """Processes whose command line is a ``unionfs mount`` of ``mountpoint``."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in args and str(mountpoint).encode() in args:
+            pids.add(int(entry.name))
+    return pids
+
+
 # --------------------------------------------------------------------------- skipping
 
 

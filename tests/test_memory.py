@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import TmpMounts
+from tests.kernel import TmpMounts, unionfs_daemon_pids
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -20,18 +20,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def daemon_pid(mnt: Path) -> int:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                args = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"mount" in args and str(mnt).encode() in args:
-                return int(entry.name)
-    raise AssertionError("daemon not found")
 
 
 def forget_everything() -> None:
@@ -52,7 +40,7 @@ def test_walks_do_not_grow_memory(tmp_path: Path, tmp_mounts: TmpMounts) -> None
     top = tmp_path / "top"
     (top / "a").mkdir(parents=True)
     mnt = tmp_mounts.unionfs([top, bottom])
-    pid = daemon_pid(mnt)
+    (pid,) = unionfs_daemon_pids(mnt)
 
     peaks, after_forget = [], []
     for tree in "abab":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import TmpMounts, is_mountpoint
+from tests.kernel import TmpMounts, is_mountpoint, unionfs_daemon_pids
 from tests.stack import (
     KERNEL_FORMATS,
     UNPREDICTABLE,
@@ -216,7 +216,7 @@ def test_chroot_runs_in_the_merged_view(tmp_path: Path, tmp_mounts: TmpMounts) -
 
 def test_umount_command_and_daemon_exit(tmp_path: Path, tmp_mounts: TmpMounts) -> None:
     mnt = tmp_mounts.unionfs(build_stack(STACK, tmp_path / "layers", "chardev"))
-    pids_before = _daemon_pids(mnt)
+    pids_before = unionfs_daemon_pids(mnt)
     assert len(pids_before) == 1
     subprocess.run([sys.executable, "-m", "unionfs", "umount", str(mnt)], cwd=REPO, check=True)
     assert not is_mountpoint(mnt)
@@ -225,7 +225,7 @@ def test_umount_command_and_daemon_exit(tmp_path: Path, tmp_mounts: TmpMounts) -
 
 def test_sigterm_unmounts_cleanly(tmp_path: Path, tmp_mounts: TmpMounts) -> None:
     mnt = tmp_mounts.unionfs(build_stack(STACK, tmp_path / "layers", "chardev"))
-    (pid,) = _daemon_pids(mnt)
+    (pid,) = unionfs_daemon_pids(mnt)
     os.kill(pid, signal.SIGTERM)
     _wait_gone({pid})
     assert not is_mountpoint(mnt)
@@ -252,21 +252,6 @@ def test_foreground_mount_serves_until_unmounted(tmp_path: Path, tmp_mounts: Tmp
             if proc.poll() is None:
                 proc.kill()
     assert "unmounted" in log.read_text()
-
-
-def _daemon_pids(mnt: Path) -> set[int]:
-    """Processes whose command line mounts `mnt` (the background daemon)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"unionfs" in args and b"mount" in args and str(mnt).encode() in args:
-            pids.add(int(entry.name))
-    return pids
 
 
 def _wait_gone(pids: set[int]) -> None:

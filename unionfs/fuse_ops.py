@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # and page cache for as long as it likes.
 IMMUTABLE_TIMEOUT = 86400.0
 
+_STATVFS_FIELDS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                   "f_ffree", "f_favail", "f_namemax")  # fmt: skip
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -137,15 +140,8 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         sv = self.fs.statfs()
         data = pyfuse3.StatvfsData()
-        data.f_bsize = sv.f_bsize
-        data.f_frsize = sv.f_frsize
-        data.f_blocks = sv.f_blocks
-        data.f_bfree = sv.f_bfree
-        data.f_bavail = sv.f_bavail
-        data.f_files = sv.f_files
-        data.f_ffree = sv.f_ffree
-        data.f_favail = sv.f_favail
-        data.f_namemax = sv.f_namemax
+        for field in _STATVFS_FIELDS:
+            setattr(data, field, getattr(sv, field))
         return data
 
     # -- directories -----------------------------------------------------------
