@@ -45,6 +45,16 @@ def cli() -> None:
     help="Comma-separated options as fuse-overlayfs takes them: lowerdir=TOP:...:BOTTOM "
     "(colons in paths escaped as \\:) and generic mount flags.",
 )
+@click.option("--upper", metavar="DIR", help="The writable upper layer: makes the mount writable.")
+@click.option("--work", metavar="DIR", help="Work dir on the upper's filesystem (with --upper).")
+@click.option(
+    "--whiteout-format",
+    type=click.Choice(["overlay", "oci"]),
+    default="overlay",
+    show_default=True,
+    help="How deletions are written: overlayfs char devices 0/0 (OCI .wh. files when not "
+    "root), or always OCI .wh. files.",
+)
 @click.option("-f", "--foreground", is_flag=True, help="Serve in front and log to stderr.")
 @click.option("--debug", is_flag=True, help="Log every request (implies verbose logs).")
 @click.option(
@@ -65,6 +75,9 @@ def cli() -> None:
 def mount_cmd(
     lowers: tuple[str, ...],
     option_strings: tuple[str, ...],
+    upper: str | None,
+    work: str | None,
+    whiteout_format: str,
     foreground: bool,
     debug: bool,
     log_file: Path | None,
@@ -72,11 +85,14 @@ def mount_cmd(
     source_or_mountpoint: str,
     mountpoint_after_source: str | None,
 ) -> None:
-    """Mount the union of layer directories on MOUNTPOINT (read-only)."""
+    """Mount the union of layer directories on MOUNTPOINT (read-only unless --upper)."""
     # mount.fuse3 passes "SOURCE MOUNTPOINT"; the source names nothing here.
     mountpoint = mountpoint_after_source or source_or_mountpoint
     config = dataclasses.replace(
-        build_config(lowers, mountpoint, option_strings), cache_timeout=cache_timeout
+        build_config(
+            lowers, mountpoint, option_strings, upper, work, oci_whiteouts=whiteout_format == "oci"
+        ),
+        cache_timeout=cache_timeout,
     )
     if foreground:
         _log_to_stderr(debug)

@@ -29,6 +29,7 @@ from .errors import UnionfsError
 from .fuse_ops import Operations
 from .layer import Layer
 from .options import MountConfig
+from .upper import Upper
 from .vfs import UnionFS
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,18 @@ def _check_dir(path: Path, what: str) -> None:
 
 def check_inputs(config: MountConfig) -> None:
     """Refuse bad input with one clear line before anything is mounted."""
-    if config.writable:
-        raise UnionfsError("writable mounts (an upper layer) are not supported by this version")
     for lower in config.lowers:
         _check_dir(lower, "lower layer")
+    if config.upper is not None and config.work is not None:
+        _check_dir(config.upper, "upper dir")
+        _check_dir(config.work, "work dir")
+        if config.upper.stat().st_dev != config.work.stat().st_dev:
+            raise UnionfsError(
+                f"work dir {config.work} is not on the filesystem of upper dir {config.upper}"
+            )
+        up, wk = config.upper.resolve(), config.work.resolve()
+        if up == wk or up in wk.parents or wk in up.parents:
+            raise UnionfsError("the upper dir and the work dir must not contain each other")
     _check_dir(config.mountpoint, "mount point")
     existing = find_mount(config.mountpoint)
     if existing is not None:
@@ -123,8 +132,11 @@ def fuse_options(config: MountConfig) -> set[str]:
         # device nodes must work inside it.
         opts |= {"allow_other", "suid", "dev"}
     opts |= config.fuse_options
-    opts.discard("rw")
-    opts.add("ro")
+    if config.writable:
+        opts.discard("ro")
+    else:
+        opts.discard("rw")
+        opts.add("ro")
     return opts
 
 
@@ -152,13 +164,16 @@ def _capture_stderr() -> Iterator[Callable[[], str]]:
 
 
 def _open_layers(config: MountConfig) -> list[Layer]:
+    """The stack, top first: the upper dir (if any), then the lower layers."""
     layers: list[Layer] = []
+    paths = [("upper dir", config.upper)] if config.upper is not None else []
+    paths += [("lower layer", p) for p in config.lowers]
     try:
-        for i, path in enumerate(config.lowers):
+        for i, (what, path) in enumerate(paths):
             try:
                 layers.append(Layer.open(i, path))
             except OSError as e:
-                raise UnionfsError(f"lower layer {path}: {e.strerror}") from None
+                raise UnionfsError(f"{what} {path}: {e.strerror}") from None
     except BaseException:
         for la in layers:
             la.close()
@@ -190,7 +205,16 @@ def _raise_fd_limit() -> None:
 def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> None:
     """Mount `config`, call `ready()` once the mount is live, serve until unmounted."""
     layers = _open_layers(config)
-    fs = UnionFS(layers)
+    upper = None
+    if config.work is not None:
+        try:
+            upper = Upper.open(layers[0], config.work, oci_whiteouts=config.oci_whiteouts)
+        except OSError as e:
+            for la in layers:
+                la.close()
+            raise UnionfsError(f"work dir {config.work}: {e.strerror}") from None
+        os.umask(0)  # modes arrive with the caller's umask already applied
+    fs = UnionFS(layers, upper=upper)
     try:
         ops = Operations(fs, debug=debug, cache_timeout=config.cache_timeout)
         mountpoint = os.path.realpath(config.mountpoint)
@@ -210,6 +234,8 @@ def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> Non
             log.info("unmounted %s", mountpoint)
     finally:
         fs.close()
+        if upper is not None:
+            upper.close()
         for la in layers:
             la.close()
 

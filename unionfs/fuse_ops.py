@@ -9,10 +9,12 @@ import errno
 import functools
 import logging
 import os
+import stat
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from .inodes import Node
 from .vfs import UnionFS
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 # Layers never change under a mount, so the kernel may keep names, attributes
 # and page cache for as long as it likes.
 IMMUTABLE_TIMEOUT = 86400.0
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 
 _STATVFS_FIELDS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                    "f_ffree", "f_favail", "f_namemax")  # fmt: skip
@@ -56,11 +59,13 @@ def _handler(
 
 
 def _read_only() -> pyfuse3.FUSEError:
+    """A write to a mount without an upper layer (mounted MS_RDONLY, so the
+    kernel mostly refuses these itself)."""
     return pyfuse3.FUSEError(errno.EROFS)
 
 
 class Operations(pyfuse3.Operations):
-    """Request handlers of a read-only union mount."""
+    """Request handlers of a union mount (writable when it has an upper layer)."""
 
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -75,6 +80,7 @@ class Operations(pyfuse3.Operations):
         # daemon again (only useful to measure what the caches buy).
         self.timeout = cache_timeout
         self.keep_cache = cache_timeout > 0
+        self._locks: dict[int, trio.Lock] = {}  # per-inode, for copy-up and removal
 
     def entry(self, node: Node) -> pyfuse3.EntryAttributes:
         st = node.st
@@ -123,7 +129,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.entry(self.fs.node(inode))
+        return self.entry(self.fs.getattr(inode))
 
     @_handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -132,7 +138,7 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         self.fs.node(inode)
-        if mode & os.W_OK:
+        if mode & os.W_OK and not self.fs.writable:
             raise _read_only()
         return True  # permission bits are checked by the kernel (default_permissions)
 
@@ -167,6 +173,9 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            self._writable()
+            await self._copy_up(self.fs.node(inode))
         return pyfuse3.FileInfo(fh=self.fs.open(inode, flags), keep_cache=self.keep_cache)
 
     @_handler
@@ -187,42 +196,163 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         return self.fs.listxattr(inode)
 
-    # -- writes: the layers are read-only --------------------------------------
-    # The mount carries MS_RDONLY, so the kernel refuses these itself; the
-    # handlers answer EROFS for any request that reaches the daemon regardless.
+    # -- writes ----------------------------------------------------------------
 
-    async def setattr(self, *args: object) -> pyfuse3.EntryAttributes:
-        raise _read_only()
+    def _lock(self, ino: int) -> trio.Lock:
+        lock = self._locks.get(ino)
+        if lock is None:
+            lock = self._locks[ino] = trio.Lock()
+        return lock
 
-    async def mknod(self, *args: object) -> pyfuse3.EntryAttributes:
-        raise _read_only()
+    def _unlock_done(self, ino: int) -> None:
+        lock = self._locks.get(ino)
+        if lock is not None and not lock.locked() and lock.statistics().tasks_waiting == 0:
+            del self._locks[ino]
 
-    async def mkdir(self, *args: object) -> pyfuse3.EntryAttributes:
-        raise _read_only()
+    async def _copy_up(self, node: Node) -> None:
+        """Copy `node` up, its data in a worker thread: a large copy-up never
+        stalls requests for other files. Requests for this inode wait."""
+        fs = self.fs
+        if not fs.needs_copy_up(node):
+            return
+        async with self._lock(node.ino):
+            if fs.needs_copy_up(node):
+                if stat.S_ISDIR(node.st.st_mode):
+                    fs.upper_dir(node)
+                else:
+                    job = fs.prepare_copy_up(node)
+                    try:
+                        temp = await trio.to_thread.run_sync(job.run)
+                    finally:
+                        job.close()
+                    fs.finish_copy_up(job, temp)
+        self._unlock_done(node.ino)
 
-    async def unlink(self, *args: object) -> None:
-        raise _read_only()
+    def _writable(self) -> None:
+        if not self.fs.writable:
+            raise _read_only()
 
-    async def rmdir(self, *args: object) -> None:
-        raise _read_only()
+    @_handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._writable()
+        fh, node = self.fs.create(parent_inode, name, mode, flags, ctx.uid, ctx.gid)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache), self.entry(node)
 
-    async def symlink(self, *args: object) -> pyfuse3.EntryAttributes:
-        raise _read_only()
+    @_handler
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        return self.entry(self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
 
-    async def rename(self, *args: object) -> None:
-        raise _read_only()
+    @_handler
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        return self.entry(self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
 
-    async def link(self, *args: object) -> pyfuse3.EntryAttributes:
-        raise _read_only()
+    @_handler
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        return self.entry(self.fs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
 
-    async def create(self, *args: object) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise _read_only()
+    @_handler
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        node = self.fs.node(inode)
+        await self._copy_up(node)
+        async with self._lock(inode):
+            node = self.fs.link(inode, new_parent_inode, new_name)
+        self._unlock_done(inode)
+        return self.entry(node)
 
-    async def write(self, *args: object) -> int:
-        raise _read_only()
+    @_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        victim = self.fs.peek(parent_inode, name)
+        async with self._lock(victim.ino):
+            self.fs.unlink(parent_inode, name)
+        self._unlock_done(victim.ino)
 
-    async def setxattr(self, *args: object) -> None:
-        raise _read_only()
+    @_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        self.fs.rmdir(parent_inode, name)
 
-    async def removexattr(self, *args: object) -> None:
-        raise _read_only()
+    @_handler
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._writable()
+        src = self.fs.peek(parent_inode_old, name_old)
+        if not stat.S_ISDIR(src.st.st_mode):
+            await self._copy_up(src)
+        async with self._lock(src.ino):
+            self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        self._unlock_done(src.ino)
+
+    @_handler
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        await self._copy_up(self.fs.node(inode))
+        node = self.fs.setattr(
+            inode,
+            fh,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self.entry(node)
+
+    @_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return self.fs.write(fh, off, buf)
+
+    @_handler
+    async def flush(self, fh: int) -> None:
+        pass  # data goes straight to the layer file; nothing is buffered here
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self.fs.fsync(fh, datasync)
+
+    @_handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self.fs.fsyncdir(self.fs.listing_node(fh).ino)
+
+    @_handler
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._writable()
+        await self._copy_up(self.fs.node(inode))
+        self.fs.setxattr(inode, name, value)
+
+    @_handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        await self._copy_up(self.fs.node(inode))
+        self.fs.removexattr(inode, name)

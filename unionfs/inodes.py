@@ -36,7 +36,19 @@ class Node:
     immutable, so it stays valid). `parent`/`name` lead from the root to it.
     """
 
-    __slots__ = ("copies", "ino", "lookups", "name", "parent", "st", "xattr_names")
+    __slots__ = (
+        "copies",
+        "extra_links",
+        "ino",
+        "key",
+        "lookups",
+        "name",
+        "open_fds",
+        "parent",
+        "st",
+        "unlinked",
+        "xattr_names",
+    )
 
     def __init__(
         self,
@@ -45,14 +57,42 @@ class Node:
         name: bytes,
         copies: tuple[Copy, ...],
         st: os.stat_result,
+        key: "OriginKey" = (0, 0, 0),
     ) -> None:
         self.ino = ino
         self.parent = parent
         self.name = name
         self.copies = copies
         self.st = st
+        self.key = key
         self.lookups = 0
         self.xattr_names: tuple[bytes, ...] | None = None
+        # Further names of an upper-layer file with hard links, as the kernel
+        # looked them up; `parent`/`name` is always one that still exists.
+        self.extra_links: list[tuple[Node, bytes]] = []
+        self.open_fds: set[int] = set()
+        self.unlinked = False
+
+    def links(self) -> list[tuple["Node", bytes]]:
+        if self.unlinked or self.parent is None:
+            return list(self.extra_links)
+        return [(self.parent, self.name), *self.extra_links]
+
+    def add_link(self, parent: "Node", name: bytes) -> None:
+        if self.unlinked:
+            self.parent, self.name, self.unlinked = parent, name, False
+        elif (parent, name) != (self.parent, self.name) and (parent, name) not in self.extra_links:
+            self.extra_links.append((parent, name))
+
+    def drop_link(self, parent: "Node", name: bytes) -> None:
+        """`parent/name` no longer names this node; keep another name if any."""
+        if (parent, name) in self.extra_links:
+            self.extra_links.remove((parent, name))
+        elif (parent, name) == (self.parent, self.name):
+            if self.extra_links:
+                self.parent, self.name = self.extra_links.pop(0)
+            else:
+                self.unlinked = True
 
     @property
     def top_layer(self) -> int:
@@ -66,10 +106,16 @@ class Node:
         return f"Node(ino={self.ino}, name={self.name!r}, layers={[c.layer for c in self.copies]})"
 
 
-def origin_ino(fsid: int, st: os.stat_result, salt: int = 0) -> int:
-    """The inode number for an entry whose top copy has lstat `st`."""
-    key = _KEY.pack(fsid & 0xFFFFFFFFFFFFFFFF, st.st_dev, st.st_ino)
-    ino = xxhash.xxh64_intdigest(key, seed=salt) & _INO_MASK
+OriginKey = tuple[int, int, int]  # (filesystem id, st_dev, st_ino) of the origin
+
+
+def origin_key(fsid: int, st: os.stat_result) -> OriginKey:
+    return (fsid & 0xFFFFFFFFFFFFFFFF, st.st_dev, st.st_ino)
+
+
+def origin_ino(key: OriginKey, salt: int = 0) -> int:
+    """The inode number for an entry whose origin is `key`."""
+    ino = xxhash.xxh64_intdigest(_KEY.pack(*key), seed=salt) & _INO_MASK
     return ino if ino > ROOT_INO else ino + 2
 
 
@@ -93,16 +139,16 @@ class InodeTable:
     def find(self, ino: int) -> Node | None:
         return self._nodes.get(ino)
 
-    def number_for(self, fsid: int, st: os.stat_result) -> int:
-        """The inode number of the entry whose top copy has lstat `st`.
+    def number_for(self, key: OriginKey) -> int:
+        """The inode number of the entry whose origin is `key`.
 
         A 64-bit hash collision with a different live entry (never seen, but
         possible) is resolved by rehashing with the next seed.
         """
         for salt in range(16):
-            ino = origin_ino(fsid, st, salt)
+            ino = origin_ino(key, salt)
             node = self._nodes.get(ino)
-            if node is None or (node.st.st_dev, node.st.st_ino) == (st.st_dev, st.st_ino):
+            if node is None or node.key == key:
                 return ino
             log.warning("inode number collision on %d (salt %d)", ino, salt)
         raise OSError(errno.EOVERFLOW, "no free inode number")

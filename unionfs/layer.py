@@ -7,6 +7,7 @@ a child are read through ``/proc/self/fd/DIRFD/NAME`` with ``lgetxattr``, which
 resolves only the descriptor's magic link and never follows the final name.
 """
 
+import ctypes
 import errno
 import os
 import stat
@@ -157,3 +158,18 @@ def scan_dir(fd: int) -> list[tuple[bytes, os.stat_result]]:
                 continue
             out.append((os.fsencode(entry.name), st))
     return out
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_uint]  # fmt: skip
+_libc.renameat2.restype = ctypes.c_int
+
+
+def renameat2(src_dirfd: int, src: bytes, dst_dirfd: int, dst: bytes, flags: int) -> None:
+    """rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE (glibc's renameat2)."""
+    if _libc.renameat2(src_dirfd, src, dst_dirfd, dst, flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))

@@ -39,6 +39,7 @@ class MountConfig:
     work: Path | None = None
     fuse_options: frozenset[str] = field(default_factory=frozenset)
     cache_timeout: float = 86400.0
+    oci_whiteouts: bool = False
 
     @property
     def writable(self) -> bool:
@@ -89,6 +90,8 @@ def build_config(
     option_strings: Iterable[str] = (),
     upper: str | None = None,
     work: str | None = None,
+    *,
+    oci_whiteouts: bool = False,
 ) -> MountConfig:
     """Combine ``--lower``/``--upper``/``--work`` with ``-o`` options."""
     layer_list = [str(p) for p in lowers]
@@ -128,4 +131,5 @@ def build_config(
         upper=Path(upper) if upper is not None else None,
         work=Path(work) if work is not None else None,
         fuse_options=frozenset(fuse_options),
+        oci_whiteouts=oci_whiteouts,
     )

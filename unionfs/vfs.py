@@ -11,23 +11,30 @@ layer it merges from. Those descriptors live in a bounded LRU cache keyed by
 one component at a time with ``O_NOFOLLOW``.
 """
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
+import struct
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from . import layer as io
 from . import whiteout
-from .inodes import ROOT_INO, InodeTable, Node
+from .inodes import ROOT_INO, InodeTable, Node, OriginKey, origin_key
 from .layer import NAME_MAX, Layer
 from .merge import Copy, Kind, Resolution, resolve
+from .upper import ORIGIN_XATTR, Upper, read_xattrs, replace, unpack_origin
 
 log = logging.getLogger(__name__)
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+# Flags passed on to the layer file; O_APPEND is not: the kernel gives every
+# write its offset (it appends at the size it knows).
+_OPEN_KEEP = os.O_ACCMODE | os.O_TRUNC | os.O_SYNC | os.O_DSYNC
 _DOTS = (b".", b"..")
 
 
@@ -89,23 +96,34 @@ class DirListing:
 class UnionFS:
     """A read-only union of layer directories (index 0 is the top layer)."""
 
-    def __init__(self, layers: Sequence[Layer], *, fd_cache_size: int = 1024) -> None:
+    def __init__(
+        self, layers: Sequence[Layer], *, upper: Upper | None = None, fd_cache_size: int = 1024
+    ) -> None:
+        """`layers` top first; with `upper`, ``layers[0]`` is its (writable) layer."""
         if not layers:
             raise ValueError("at least one layer is needed")
+        if upper is not None and upper.layer is not layers[0]:
+            raise ValueError("the upper layer must be the first layer")
         self.layers = list(layers)
+        self.upper = upper
         self._fds = DirFdCache(fd_cache_size)
         top = self.layers[0]
         root_st = os.fstat(top.root_fd)
         root_copies = tuple(Copy(la.index, Kind.DIR) for la in self.layers)
-        self.inodes = InodeTable(Node(ROOT_INO, None, b"", root_copies, root_st))
+        root = Node(ROOT_INO, None, b"", root_copies, root_st, origin_key(top.fsid, root_st))
+        self.inodes = InodeTable(root)
         self._listings: dict[int, DirListing] = {}
         self._next_dir_fh = 1
-        self._files: dict[int, int] = {}  # fh -> open descriptor (fh == descriptor)
+        self._files: dict[int, Node] = {}  # fh (== the open descriptor) -> its node
+
+    @property
+    def writable(self) -> bool:
+        return self.upper is not None
 
     def close(self) -> None:
         """Close every descriptor this object holds (the layers stay open)."""
         self._fds.close()
-        for fd in self._files.values():
+        for fd in self._files:
             os.close(fd)
         self._files.clear()
         self._listings.clear()
@@ -165,14 +183,41 @@ class UnionFS:
         res = resolve(observations(), lambda c: self._child_is_opaque(parent, name, c))
         return res, (stats[res.visible[0].layer] if res.exists else None)
 
+    def _key_for(self, parent: Node, name: bytes, copy: Copy, st: os.stat_result) -> OriginKey:
+        """The origin identity of an entry: a copied-up upper entry carries its
+        origin's; anything else is its own."""
+        if copy.layer == 0 and self.upper is not None:
+            recorded = unpack_origin(io.getxattr_at(self.dir_fd(parent, 0), name, ORIGIN_XATTR))
+            if recorded is not None:
+                return recorded
+        return origin_key(self.layers[copy.layer].fsid, st)
+
     def _node_for(
-        self, parent: Node, name: bytes, copies: tuple[Copy, ...], st: os.stat_result
+        self,
+        parent: Node,
+        name: bytes,
+        copies: tuple[Copy, ...],
+        st: os.stat_result,
+        *,
+        intern: bool = True,
     ) -> Node:
-        ino = self.inodes.number_for(self.layers[copies[0].layer].fsid, st)
+        """The node of an entry: the table's if the kernel knows it, else a new
+        one (entered in the table unless `intern` is false)."""
+        key = self._key_for(parent, name, copies[0], st)
+        ino = self.inodes.number_for(key)
         known = self.inodes.find(ino)
-        if known is not None:
-            return known
-        return self.inodes.intern(Node(ino, parent, name, copies, st))
+        if known is None:
+            node = Node(ino, parent, name, copies, st, key)
+            return self.inodes.intern(node) if intern else node
+        if known.unlinked or known.copies[0].layer != copies[0].layer:
+            # A name the kernel still holds was removed and this entry took its
+            # number (a reused backing inode), or it was copied up meanwhile.
+            known.parent, known.name, known.unlinked = parent, name, False
+            known.copies, known.st = copies, st
+            known.xattr_names = None
+        else:
+            known.add_link(parent, name)
+        return known
 
     def _check_name(self, name: bytes) -> None:
         if len(name) > NAME_MAX:
@@ -304,23 +349,45 @@ class UnionFS:
     # -- files -------------------------------------------------------------------
 
     def open(self, ino: int, flags: int) -> int:
-        """Open a regular file for reading; the descriptor is the handle."""
+        """Open a regular file; the descriptor is the handle. Opening for
+        writing copies the file up first (unless `copy_up` already did)."""
         node = self.node(ino)
-        if flags & _WRITE_FLAGS:
-            raise _err(errno.EROFS)
         if stat.S_ISDIR(node.st.st_mode):
             raise _err(errno.EISDIR)
-        fd = os.open(
-            node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.parent_fd(node)
-        )
-        self._files[fd] = fd
+        if flags & _WRITE_FLAGS:
+            if self.upper is None:
+                raise _err(errno.EROFS)
+            self.copy_up(node)
+        fd = self._open_node(node, (flags & _OPEN_KEEP) | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._files[fd] = node
+        node.open_fds.add(fd)
         return fd
 
+    def _open_node(self, node: Node, flags: int) -> int:
+        if node.unlinked:
+            if not node.open_fds:
+                raise _err(errno.ESTALE)
+            # Reopen the file itself: it has no name left.
+            fd = next(iter(node.open_fds))
+            return os.open(f"/proc/self/fd/{fd}", flags & ~os.O_NOFOLLOW)
+        return os.open(node.name, flags, dir_fd=self.parent_fd(node))
+
     def read(self, fh: int, offset: int, size: int) -> bytes:
-        return os.pread(self._files[fh], size, offset)
+        return os.pread(fh, size, offset)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        return os.pwrite(fh, data, offset)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        if datasync:
+            os.fdatasync(fh)
+        else:
+            os.fsync(fh)
 
     def release(self, fh: int) -> None:
-        os.close(self._files.pop(fh))
+        node = self._files.pop(fh)
+        node.open_fds.discard(fh)
+        os.close(fh)
 
     def readlink(self, ino: int) -> bytes:
         node = self.node(ino)
@@ -329,6 +396,7 @@ class UnionFS:
         return os.readlink(node.name, dir_fd=self.parent_fd(node))
 
     def statfs(self) -> os.statvfs_result:
+        """The filesystem of the upper layer, or of the top layer when read-only."""
         return os.fstatvfs(self.layers[0].root_fd)
 
     # -- extended attributes -----------------------------------------------------
@@ -355,3 +423,528 @@ class UnionFS:
         if value is None:
             raise _err(errno.ENODATA)
         return value
+
+    # -- attributes of changing entries ----------------------------------------------
+
+    def refresh(self, node: Node) -> Node:
+        """Bring `node.st` up to date (entries in the upper layer change)."""
+        if node.copies[0].layer != 0 or self.upper is None:
+            return node
+        if node.parent is None:
+            node.st = os.fstat(self.layers[0].root_fd)
+        elif node.unlinked:
+            if node.open_fds:
+                node.st = os.fstat(next(iter(node.open_fds)))
+        else:
+            st = io.lstat_at(self.parent_fd(node), node.name)
+            if st is not None:
+                node.st = st
+        return node
+
+    def getattr(self, ino: int) -> Node:
+        return self.refresh(self.node(ino))
+
+    # -- copy-up ---------------------------------------------------------------------
+
+    def _need_upper(self) -> Upper:
+        if self.upper is None:
+            raise _err(errno.EROFS)
+        return self.upper
+
+    def upper_dir(self, node: Node) -> int:
+        """`node` (a directory) in the upper layer, copying it and its parents
+        up first if needed; returns its descriptor there."""
+        upper = self._need_upper()
+        chain: list[Node] = []
+        cur: Node | None = node
+        while cur is not None and cur.copies[0].layer != 0:
+            chain.append(cur)
+            cur = cur.parent
+        for d in reversed(chain):
+            assert d.parent is not None  # the root always has an upper copy
+            pfd = self.dir_fd(d.parent, 0)
+            src = self.dir_fd(d, d.top_layer)
+            temp = upper.copy_dir(src, d.st, _pack(d.key))
+            with _parent_times_kept(pfd):
+                upper.install(temp, pfd, d.name)
+            d.copies = (Copy(0, Kind.DIR), *d.copies)
+            d.xattr_names = None
+        return self.dir_fd(node, 0)
+
+    def needs_copy_up(self, node: Node) -> bool:
+        return self.upper is not None and node.copies[0].layer != 0
+
+    def prepare_copy_up(self, node: Node) -> "CopyUp":
+        """Step 1 of a copy-up (on the event loop): parents up, source open."""
+        upper = self._need_upper()
+        assert node.parent is not None
+        self.upper_dir(node.parent)
+        lower_pfd = self.parent_fd(node)
+        st = node.st
+        # Copies of a lower hard-link group stop being one file: they keep the
+        # origin only when there is no other name that could claim it.
+        origin = _pack(node.key) if st.st_nlink == 1 else None
+        xattrs = read_xattrs(lower_pfd, node.name)
+        if stat.S_ISREG(st.st_mode):
+            src = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lower_pfd)
+            return CopyUp(upper, node, st, xattrs, origin, src_fd=src)
+        target = os.readlink(node.name, dir_fd=lower_pfd) if stat.S_ISLNK(st.st_mode) else None
+        return CopyUp(upper, node, st, xattrs, origin, target=target)
+
+    def finish_copy_up(self, job: "CopyUp", temp: bytes) -> None:
+        """Step 3 (on the event loop): rename the copy into place, repoint readers."""
+        node = job.node
+        assert node.parent is not None
+        pfd = self.dir_fd(node.parent, 0)
+        with _parent_times_kept(pfd):
+            job.upper.install(temp, pfd, node.name)
+        node.copies = (Copy(0, Kind.NONDIR),)
+        node.xattr_names = None
+        self.refresh(node)
+        # Files opened read-only before the copy-up now read the copy.
+        for fd in node.open_fds:
+            new = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            os.dup2(new, fd)
+            os.close(new)
+
+    def copy_up(self, node: Node) -> None:
+        """Copy a non-directory (or a directory's metadata) into the upper layer."""
+        if not self.needs_copy_up(node):
+            return
+        if stat.S_ISDIR(node.st.st_mode):
+            self.upper_dir(node)
+            return
+        job = self.prepare_copy_up(node)
+        try:
+            temp = job.run()
+        finally:
+            job.close()
+        self.finish_copy_up(job, temp)
+
+    # -- helpers for changes -----------------------------------------------------------
+
+    def _lower_has(self, parent: Node, name: bytes) -> bool:
+        """Whether `name` in `parent` resolves to something below the upper layer
+        (so removing it from the upper needs a whiteout)."""
+        lowers = [c for c in parent.copies if c.layer != 0]
+        if not lowers:
+            return False
+        probe = Node(0, parent.parent, parent.name, tuple(lowers), parent.st)
+        probe.ino = parent.ino  # share the directory descriptors cached for it
+        res, _ = self.resolve_child(probe, name)
+        return res.exists
+
+    def _existing(self, parent: Node, name: bytes) -> tuple[Resolution, os.stat_result | None]:
+        self._check_name(name)
+        if whiteout.is_reserved_name(name):
+            return Resolution(()), None
+        return self.resolve_child(parent, name)
+
+    def _peek(self, parent: Node, name: bytes) -> Node | None:
+        """The node for an existing child, without counting a lookup."""
+        res, st = self._existing(parent, name)
+        if st is None:
+            return None
+        return self._node_for(parent, name, res.visible, st, intern=False)
+
+    def peek(self, parent_ino: int, name: bytes) -> Node:
+        """The node `name` names in a directory (ENOENT if none), not counted."""
+        node = self._peek(self.node(parent_ino), name)
+        if node is None:
+            raise _err(errno.ENOENT)
+        return node
+
+    def listing_node(self, fh: int) -> Node:
+        return self._listings[fh].node
+
+    def _check_new_name(self, parent: Node, name: bytes) -> None:
+        if not stat.S_ISDIR(parent.st.st_mode):
+            raise _err(errno.ENOTDIR)
+        self._check_name(name)
+        if whiteout.is_reserved_name(name):
+            raise _err(errno.EINVAL)  # as fuse-overlayfs: the OCI format owns .wh.*
+
+    def _create(
+        self,
+        parent_ino: int,
+        name: bytes,
+        uid: int,
+        gid: int,
+        make: Callable[[int, bytes], None],
+        *,
+        is_dir: bool = False,
+    ) -> Node:
+        """Create `name` with `make(dirfd, name)` as the caller, replacing a
+        whiteout of the upper layer in one rename when there is one."""
+        upper = self._need_upper()
+        parent = self.node(parent_ino)
+        self._check_new_name(parent, name)
+        res, _ = self.resolve_child(parent, name)
+        if res.exists:
+            raise _err(errno.EEXIST)
+        pfd = self.upper_dir(parent)
+        pst = os.fstat(pfd)
+        if pst.st_mode & stat.S_ISGID:
+            gid = pst.st_gid  # BSD group semantics of a setgid directory
+        hides_lower = self._lower_has(parent, name)
+        in_upper = io.lstat_at(pfd, name) is not None  # a whiteout sits there
+        if in_upper:
+            temp = upper.temp_name()
+            make(upper.work_fd, temp)
+            try:
+                _own(upper.work_fd, temp, uid, gid, is_dir and bool(pst.st_mode & stat.S_ISGID))
+                if is_dir and hides_lower:
+                    _opaque(upper, upper.work_fd, temp)
+                upper.install(temp, pfd, name)
+            except BaseException:
+                upper.discard_temp(temp)
+                raise
+        else:
+            make(pfd, name)
+            try:
+                _own(pfd, name, uid, gid, is_dir and bool(pst.st_mode & stat.S_ISGID))
+                if is_dir and hides_lower:
+                    _opaque(upper, pfd, name)
+            except BaseException:
+                _remove(pfd, name)
+                raise
+        upper.remove_whiteout(pfd, name)
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        kind = Kind.DIR if is_dir else Kind.NONDIR
+        node = self._node_for(parent, name, (Copy(0, kind),), st)
+        self.inodes.remember(node)
+        return node
+
+    # -- creating ------------------------------------------------------------------------
+
+    def create(
+        self, parent_ino: int, name: bytes, mode: int, flags: int, uid: int, gid: int
+    ) -> tuple[int, Node]:
+        def make(dirfd: int, n: bytes) -> None:
+            os.close(os.open(n, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             stat.S_IMODE(mode), dir_fd=dirfd))  # fmt: skip
+
+        node = self._create(parent_ino, name, uid, gid, make)
+        return self.open(node.ino, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)), node
+
+    def mknod(self, parent_ino: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
+        return self._create(
+            parent_ino, name, uid, gid, lambda d, n: os.mknod(n, mode, rdev, dir_fd=d)
+        )
+
+    def mkdir(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
+        return self._create(
+            parent_ino, name, uid, gid, lambda d, n: os.mkdir(n, mode, dir_fd=d), is_dir=True
+        )
+
+    def symlink(self, parent_ino: int, name: bytes, target: bytes, uid: int, gid: int) -> Node:
+        return self._create(
+            parent_ino, name, uid, gid, lambda d, n: os.symlink(target, n, dir_fd=d)
+        )
+
+    def link(self, ino: int, new_parent_ino: int, new_name: bytes) -> Node:
+        node = self.node(ino)
+        if stat.S_ISDIR(node.st.st_mode):
+            raise _err(errno.EPERM)
+        self.copy_up(node)
+        src_pfd, src_name = self._name_of(node)
+
+        def make(dirfd: int, n: bytes) -> None:
+            os.link(src_name, n, src_dir_fd=src_pfd, dst_dir_fd=dirfd, follow_symlinks=False)
+
+        parent = self.node(new_parent_ino)
+        self._check_new_name(parent, new_name)
+        res, _ = self.resolve_child(parent, new_name)
+        if res.exists:
+            raise _err(errno.EEXIST)
+        upper = self._need_upper()
+        pfd = self.upper_dir(parent)
+        if io.lstat_at(pfd, new_name) is not None:
+            temp = upper.temp_name()
+            make(upper.work_fd, temp)
+            upper.install(temp, pfd, new_name)
+        else:
+            make(pfd, new_name)
+        upper.remove_whiteout(pfd, new_name)
+        node.add_link(parent, new_name)
+        self.refresh(node)
+        self.inodes.remember(node)
+        return node
+
+    def _name_of(self, node: Node) -> tuple[int, bytes]:
+        if node.unlinked or node.parent is None:
+            raise _err(errno.ENOENT)
+        return self.parent_fd(node), node.name
+
+    # -- removing --------------------------------------------------------------------------
+
+    def unlink(self, parent_ino: int, name: bytes) -> None:
+        upper = self._need_upper()
+        parent = self.node(parent_ino)
+        victim = self._peek(parent, name)
+        if victim is None:
+            raise _err(errno.ENOENT)
+        if stat.S_ISDIR(victim.st.st_mode):
+            raise _err(errno.EISDIR)
+        pfd = self.upper_dir(parent)
+        if self._lower_has(parent, name):
+            upper.write_whiteout(pfd, name)
+        else:
+            os.unlink(name, dir_fd=pfd)
+        victim.drop_link(parent, name)
+        self.inodes.drop_if_unused(victim)
+
+    def rmdir(self, parent_ino: int, name: bytes) -> None:
+        upper = self._need_upper()
+        parent = self.node(parent_ino)
+        victim = self._peek(parent, name)
+        if victim is None:
+            raise _err(errno.ENOENT)
+        if not stat.S_ISDIR(victim.st.st_mode):
+            raise _err(errno.ENOTDIR)
+        if victim is self.inodes.root:
+            raise _err(errno.EBUSY)
+        if len(self.list_dir(victim)) > 2:
+            raise _err(errno.ENOTEMPTY)
+        pfd = self.upper_dir(parent)
+        hides_lower = self._lower_has(parent, name)
+        if victim.copies[0].layer == 0:
+            self._fds.discard_inode(victim.ino, [c.layer for c in victim.copies])
+            if hides_lower and not upper.oci_whiteouts:
+                # Swap the directory with a fresh whiteout in one step.
+                temp = upper.temp_name()
+                os.mknod(temp, stat.S_IFCHR, os.makedev(0, 0), dir_fd=upper.work_fd)
+                io.renameat2(upper.work_fd, temp, pfd, name, io.RENAME_EXCHANGE)
+                upper.discard_temp(temp)
+                hides_lower = False
+            else:
+                temp = upper.temp_name()
+                os.rename(name, temp, src_dir_fd=pfd, dst_dir_fd=upper.work_fd)
+                upper.discard_temp(temp)
+        if hides_lower:
+            upper.write_whiteout(pfd, name)
+        victim.drop_link(parent, name)
+        self.inodes.drop_if_unused(victim)
+
+    # -- renaming ----------------------------------------------------------------------------
+
+    def rename(
+        self, old_parent_ino: int, old_name: bytes, new_parent_ino: int, new_name: bytes, flags: int
+    ) -> None:
+        upper = self._need_upper()
+        old_parent, new_parent = self.node(old_parent_ino), self.node(new_parent_ino)
+        self._check_new_name(new_parent, new_name)
+        src = self._peek(old_parent, old_name)
+        if src is None:
+            raise _err(errno.ENOENT)
+        dst = self._peek(new_parent, new_name)
+        if dst is src:
+            return
+        exchange = bool(flags & io.RENAME_EXCHANGE)
+        if exchange and dst is None:
+            raise _err(errno.ENOENT)
+        if dst is not None and flags & io.RENAME_NOREPLACE:
+            raise _err(errno.EEXIST)
+        src_dir = stat.S_ISDIR(src.st.st_mode)
+        if dst is not None and not exchange:
+            dst_dir = stat.S_ISDIR(dst.st.st_mode)
+            if src_dir and not dst_dir:
+                raise _err(errno.ENOTDIR)
+            if dst_dir and not src_dir:
+                raise _err(errno.EISDIR)
+            if dst_dir and len(self.list_dir(dst)) > 2:
+                raise _err(errno.ENOTEMPTY)
+        # A directory with content in lower layers cannot move without
+        # redirects: EXDEV makes mv fall back to copy and delete, as overlayfs.
+        for moving in (src, dst if exchange else None):
+            if (
+                moving is not None
+                and stat.S_ISDIR(moving.st.st_mode)
+                and any(c.layer != 0 for c in moving.copies)
+            ):
+                raise _err(errno.EXDEV)
+        self.copy_up(src)
+        if exchange and dst is not None:
+            self.copy_up(dst)
+        old_pfd = self.upper_dir(old_parent)
+        new_pfd = self.upper_dir(new_parent)
+        old_hides = self._lower_has(old_parent, old_name)
+        new_hides = self._lower_has(new_parent, new_name)
+        if exchange:
+            io.renameat2(old_pfd, old_name, new_pfd, new_name, io.RENAME_EXCHANGE)
+        else:
+            if dst is not None and stat.S_ISDIR(dst.st.st_mode):
+                self._clear_upper_dir(new_pfd, new_name)
+            replace(old_pfd, old_name, new_pfd, new_name)
+            upper.remove_whiteout(new_pfd, new_name)
+            if old_hides:
+                upper.write_whiteout(old_pfd, old_name)
+        if src_dir and new_hides and not exchange:
+            fd = io.open_dir_at(new_pfd, new_name)
+            try:
+                if not io.is_opaque_dir(fd):
+                    upper.make_opaque(fd)
+            finally:
+                os.close(fd)
+        if dst is not None:
+            dst.drop_link(new_parent, new_name)
+            if exchange:
+                dst.add_link(old_parent, old_name)
+            self.inodes.drop_if_unused(dst)
+        src.drop_link(old_parent, old_name)
+        src.add_link(new_parent, new_name)
+
+    def _clear_upper_dir(self, pfd: int, name: bytes) -> None:
+        """Empty an upper directory about to be replaced (it holds only whiteouts)."""
+        if io.lstat_at(pfd, name) is None:
+            return
+        fd = io.open_dir_at(pfd, name)
+        try:
+            for entry, _ in io.scan_dir(fd):
+                os.unlink(entry, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def setattr(
+        self,
+        ino: int,
+        fh: int | None,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Node:
+        node = self.node(ino)
+        self._need_upper()
+        self.copy_up(node)
+        fd = fh if fh is not None and fh in self._files else None
+        if size is not None:
+            if fd is not None and os.O_ACCMODE & _fd_flags(fd) != os.O_RDONLY:
+                os.ftruncate(fd, size)
+            else:
+                wfd = self._open_node(node, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(wfd, size)
+                finally:
+                    os.close(wfd)
+        target = self._attr_target(node)
+        if uid is not None or gid is not None:
+            os.chown(target, -1 if uid is None else uid, -1 if gid is None else gid,
+                     follow_symlinks=False)  # fmt: skip
+        if mode is not None and not stat.S_ISLNK(node.st.st_mode):
+            os.chmod(target, stat.S_IMODE(mode))
+        if atime_ns is not None or mtime_ns is not None:
+            cur = self.refresh(node).st
+            os.utime(target, ns=(cur.st_atime_ns if atime_ns is None else atime_ns,
+                                 cur.st_mtime_ns if mtime_ns is None else mtime_ns),
+                     follow_symlinks=False)  # fmt: skip
+        return self.refresh(node)
+
+    def _attr_target(self, node: Node) -> bytes | int:
+        """A path for the *at-less calls that reaches exactly this upper entry."""
+        if node.parent is None:
+            return self.layers[0].root_fd
+        if node.unlinked:
+            if not node.open_fds:
+                raise _err(errno.ESTALE)
+            return next(iter(node.open_fds))
+        return io.child_path(self.parent_fd(node), node.name)
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        if whiteout.is_private_xattr(name):
+            raise _err(errno.EPERM)
+        node = self.node(ino)
+        self._need_upper()
+        self.copy_up(node)
+        target = self._attr_target(node)
+        os.setxattr(target, name, value, flags, follow_symlinks=isinstance(target, int))
+        node.xattr_names = None
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        if whiteout.is_private_xattr(name):
+            raise _err(errno.ENODATA)
+        node = self.node(ino)
+        self._need_upper()
+        if name not in self.listxattr(ino):
+            raise _err(errno.ENODATA)
+        self.copy_up(node)
+        target = self._attr_target(node)
+        os.removexattr(target, name, follow_symlinks=isinstance(target, int))
+        node.xattr_names = None
+
+    def fsyncdir(self, ino: int) -> None:
+        node = self.node(ino)
+        if self.upper is not None and node.copies[0].layer == 0:
+            os.fsync(self.dir_fd(node, 0))
+
+
+@dataclass(eq=False)
+class CopyUp:
+    """A copy-up in progress: `run` (the data copy) may go to a worker thread."""
+
+    upper: Upper
+    node: Node
+    st: os.stat_result
+    xattrs: dict[bytes, bytes]
+    origin: bytes | None
+    src_fd: int | None = None
+    target: bytes | None = None
+
+    def run(self) -> bytes:
+        """Build the copy in the work dir; returns its temporary name."""
+        if self.src_fd is not None:
+            return self.upper.copy_file(self.src_fd, self.st, self.xattrs, self.origin)
+        return self.upper.copy_special(self.st, self.target, self.xattrs, self.origin)
+
+    def close(self) -> None:
+        if self.src_fd is not None:
+            os.close(self.src_fd)
+            self.src_fd = None
+
+
+def _pack(key: OriginKey) -> bytes:
+    return struct.pack("<QQQ", *key)
+
+
+def _fd_flags(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+@contextlib.contextmanager
+def _parent_times_kept(dirfd: int) -> Iterator[None]:
+    """A copy-up is invisible: the parent directory keeps its timestamps."""
+    st = os.fstat(dirfd)
+    yield
+    os.utime(dirfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _own(dirfd: int, name: bytes, uid: int, gid: int, inherit_setgid: bool) -> None:
+    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        mode = stat.S_IMODE(st.st_mode) | (stat.S_ISGID if inherit_setgid else 0)
+        if mode != stat.S_IMODE(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
+            os.chmod(io.child_path(dirfd, name), mode)
+
+
+def _opaque(upper: Upper, dirfd: int, name: bytes) -> None:
+    fd = io.open_dir_at(dirfd, name)
+    try:
+        upper.make_opaque(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(dirfd: int, name: bytes) -> None:
+    st = io.lstat_at(dirfd, name)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        os.rmdir(name, dir_fd=dirfd)
+    else:
+        os.unlink(name, dir_fd=dirfd)
