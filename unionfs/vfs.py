@@ -1,7 +1,7 @@
 """The merged filesystem's semantics, with no FUSE in sight.
 
-`UnionFS` answers lookup, getattr, readdir, open/read, readlink, statfs and
-xattr requests over a stack of read-only layers, in terms of inode numbers,
+`UnionFS` answers every filesystem request over a stack of read-only layers
+and, when it has one, a writable upper layer, in terms of inode numbers,
 `bytes` names and `OSError`s. The pyfuse3 adapter (`fuse_ops`) only translates
 its answers; unit tests call it directly.
 
@@ -83,7 +83,7 @@ class DirFdCache:
 
 @dataclass(slots=True)
 class DirListing:
-    """A directory's merged entries, fixed when it is opened.
+    """A directory's merged entries, taken when a read starts at offset 0.
 
     Offsets handed to the kernel are positions in `entries` (plus one), so a
     listing resumed at any offset never repeats or skips a name.
@@ -94,7 +94,8 @@ class DirListing:
 
 
 class UnionFS:
-    """A read-only union of layer directories (index 0 is the top layer)."""
+    """A union of layer directories (index 0 is the top layer), writable when
+    it has an upper layer."""
 
     def __init__(
         self, layers: Sequence[Layer], *, upper: Upper | None = None, fd_cache_size: int = 1024
@@ -216,6 +217,7 @@ class UnionFS:
             known.copies, known.st = copies, st
             known.xattr_names = None
         else:
+            known.st = st  # fresher than what the node had: upper entries change
             known.add_link(parent, name)
         return known
 
@@ -322,15 +324,23 @@ class UnionFS:
             raise _err(errno.ENOTDIR)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
-        self._listings[fh] = DirListing(node, self.list_dir(node))
+        self._listings[fh] = DirListing(node, [])
         return fh
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Node, int]]:
-        """Entries from offset `start` on, each with the offset that follows it."""
-        entries = self._listings[fh].entries
+        """Entries from offset `start` on, each with the offset that follows it.
+
+        The listing is taken when a read starts at offset 0 (the first read, or
+        after rewinddir) and kept for the reads that continue it."""
+        listing = self._listings[fh]
+        if start == 0:
+            listing.entries = self.list_dir(listing.node)
+        entries = listing.entries
         for i in range(start, len(entries)):
             name, node = entries[i]
-            yield name, node, i + 1
+            # Attributes go to the kernel with each entry: upper entries may have
+            # changed since the listing was taken.
+            yield name, self.refresh(node), i + 1
 
     def entry_returned(self, name: bytes, node: Node) -> None:
         """The kernel accepted a readdir entry: it now holds a lookup on it
@@ -407,19 +417,26 @@ class UnionFS:
         if node.xattr_names is None:
             if node.parent is None:
                 raw = io.fd_listxattr(self.dir_fd(node, node.top_layer))
+            elif node.unlinked:
+                raw = io.fd_listxattr(next(iter(node.open_fds))) if node.open_fds else []
             else:
                 raw = io.listxattr_at(self.parent_fd(node), node.name)
-            node.xattr_names = tuple(n for n in raw if not whiteout.is_private_xattr(n))
+            visible = (whiteout.visible_xattr(n) for n in raw)
+            node.xattr_names = tuple(n for n in visible if n is not None)
         return node.xattr_names
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
         if name not in self.listxattr(ino):
             raise _err(errno.ENODATA)
+        stored = whiteout.stored_xattr(name)
+        assert stored is not None  # listed names always have a stored form
         node = self.node(ino)
         if node.parent is None:
-            value = io.fd_getxattr(self.dir_fd(node, node.top_layer), name)
+            value = io.fd_getxattr(self.dir_fd(node, node.top_layer), stored)
+        elif node.unlinked:
+            value = io.fd_getxattr(next(iter(node.open_fds)), stored) if node.open_fds else None
         else:
-            value = io.getxattr_at(self.parent_fd(node), node.name, name)
+            value = io.getxattr_at(self.parent_fd(node), node.name, stored)
         if value is None:
             raise _err(errno.ENODATA)
         return value
@@ -779,7 +796,10 @@ class UnionFS:
             upper.remove_whiteout(new_pfd, new_name)
             if old_hides:
                 upper.write_whiteout(old_pfd, old_name)
-        if src_dir and new_hides and not exchange:
+        # As overlayfs: a directory moved into a merged directory becomes opaque,
+        # so that nothing a lower layer has (or later gets) under its new name
+        # shows through.
+        if src_dir and not exchange and (new_hides or len(new_parent.copies) > 1):
             fd = io.open_dir_at(new_pfd, new_name)
             try:
                 if not io.is_opaque_dir(fd):
@@ -856,26 +876,31 @@ class UnionFS:
         return io.child_path(self.parent_fd(node), node.name)
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        if whiteout.is_private_xattr(name):
+        stored = whiteout.stored_xattr(name)
+        if stored is None:
             raise _err(errno.EPERM)
         node = self.node(ino)
         self._need_upper()
         self.copy_up(node)
         target = self._attr_target(node)
-        os.setxattr(target, name, value, flags, follow_symlinks=isinstance(target, int))
-        node.xattr_names = None
+        try:
+            os.setxattr(target, stored, value, flags, follow_symlinks=isinstance(target, int))
+        finally:
+            node.xattr_names = None
 
     def removexattr(self, ino: int, name: bytes) -> None:
-        if whiteout.is_private_xattr(name):
+        """As overlayfs: the entry is copied up first, even if the name is missing."""
+        stored = whiteout.stored_xattr(name)
+        if stored is None:
             raise _err(errno.ENODATA)
         node = self.node(ino)
         self._need_upper()
-        if name not in self.listxattr(ino):
-            raise _err(errno.ENODATA)
         self.copy_up(node)
         target = self._attr_target(node)
-        os.removexattr(target, name, follow_symlinks=isinstance(target, int))
-        node.xattr_names = None
+        try:
+            os.removexattr(target, stored, follow_symlinks=isinstance(target, int))
+        finally:
+            node.xattr_names = None
 
     def fsyncdir(self, ino: int) -> None:
         node = self.node(ino)

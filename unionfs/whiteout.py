@@ -57,3 +57,25 @@ def may_be_xattr_whiteout(st: os.stat_result) -> bool:
 def is_private_xattr(name: bytes) -> bool:
     """Overlay bookkeeping attributes, never shown through the mount."""
     return name.startswith(PRIVATE_XATTR_PREFIXES)
+
+
+# As overlayfs does for nested overlays: an attribute trusted.overlay.X set
+# through the mount is stored as trusted.overlay.overlay.X and shown as
+# trusted.overlay.X; the layer's own trusted.overlay.* stay hidden.
+_TRUSTED = b"trusted.overlay."
+_ESCAPED = b"trusted.overlay.overlay."
+
+
+def visible_xattr(stored: bytes) -> bytes | None:
+    """The name a stored attribute has through the mount (None: hidden)."""
+    if stored.startswith(_ESCAPED):
+        return _TRUSTED + stored[len(_ESCAPED) :]
+    return None if is_private_xattr(stored) else stored
+
+
+def stored_xattr(visible: bytes) -> bytes | None:
+    """Where an attribute named through the mount is stored (None: refused,
+    for the unescaped user.overlay.* bookkeeping names)."""
+    if visible.startswith(_TRUSTED):
+        return _ESCAPED + visible[len(_TRUSTED) :]
+    return None if is_private_xattr(visible) else visible
