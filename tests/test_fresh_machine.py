@@ -370,6 +370,9 @@ def test_setup_and_demo_on_fresh_bookworm(tmp_path: Path, tmp_mounts: TmpMounts)
             assert "Hello from /app/hello.sh (layer app)!" in out
             assert "running as root on Linux" in out
             assert "unionfs demo root (3 layers: base, update, app)" in out
+            assert "changed by the container" in out
+            assert "[whiteout, char device 0/0: hides etc/config]" in out
+            assert "same content in every file of app update base as before the writes" in out
             assert "unmounted; the layers stay in" in out
             assert not is_mountpoint(demo_mnt)
 
