@@ -38,8 +38,8 @@ STACK: list[Layer] = [
 ]
 
 
-def open_fs(dirs: Sequence[Path], **kw: int) -> UnionFS:
-    return UnionFS([FsLayer.open(i, d) for i, d in enumerate(dirs)], **kw)
+def open_fs(dirs: Sequence[Path], fd_cache_size: int = 1024) -> UnionFS:
+    return UnionFS([FsLayer.open(i, d) for i, d in enumerate(dirs)], fd_cache_size=fd_cache_size)
 
 
 @pytest.fixture(params=FORMATS)
