@@ -226,7 +226,18 @@ class Operations(pyfuse3.Operations):
                     finally:
                         job.close()
                     fs.finish_copy_up(job, temp)
+                    # The copy is a new file: its link count (a lower hard link's
+                    # drops to 1), ctime and blocks differ from what the kernel
+                    # cached. Data is the same, so the page cache stays.
+                    self._forget_attributes(node.ino)
         self._unlock_done(node.ino)
+
+    @staticmethod
+    def _forget_attributes(ino: int) -> None:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as e:  # the kernel no longer knows the inode: nothing cached
+            log.debug("invalidate_inode(%d): %s", ino, e)
 
     def _writable(self) -> None:
         if not self.fs.writable:
@@ -354,5 +365,6 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
+        self.fs.check_removable(inode, name)
         await self._copy_up(self.fs.node(inode))
         self.fs.removexattr(inode, name)

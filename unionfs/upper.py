@@ -143,10 +143,13 @@ class Upper:
         """Mark an upper directory opaque in both forms: the overlayfs xattr and
         an OCI ``.wh..wh..opq`` entry."""
         attr = b"trusted.overlay.opaque" if os.geteuid() == 0 else b"user.overlay.opaque"
+        st = os.fstat(fd)
         os.setxattr(fd, attr, whiteout.OPAQUE_YES)
         marker = os.open(whiteout.OCI_OPAQUE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0,
                          dir_fd=fd)  # fmt: skip
         os.close(marker)
+        # The marker is bookkeeping: the directory keeps its times.
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     # -- copy-up -------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import xxhash
+
 from . import layer as io
 from . import whiteout
 from .inodes import ROOT_INO, InodeTable, Node, OriginKey, origin_key
@@ -187,10 +189,20 @@ class UnionFS:
     def _key_for(self, parent: Node, name: bytes, copy: Copy, st: os.stat_result) -> OriginKey:
         """The origin identity of an entry: a copied-up upper entry carries its
         origin's; anything else is its own."""
-        if copy.layer == 0 and self.upper is not None:
+        if self.upper is None:
+            return origin_key(self.layers[copy.layer].fsid, st)
+        if copy.layer == 0:
             recorded = unpack_origin(io.getxattr_at(self.dir_fd(parent, 0), name, ORIGIN_XATTR))
             if recorded is not None:
                 return recorded
+        elif st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            # A lower hard-link group is one file only until one of its names is
+            # written, and FUSE says which inode is opened, not through which
+            # name: on a writable mount each name is an inode of its own, so the
+            # copy-up of one name leaves the others alone (as overlayfs without
+            # index=on).
+            fsid, dev, ino = origin_key(self.layers[copy.layer].fsid, st)
+            return fsid, dev, xxhash.xxh64_intdigest(_pack(parent.key) + name, seed=ino & _U64)
         return origin_key(self.layers[copy.layer].fsid, st)
 
     def _node_for(
@@ -498,9 +510,7 @@ class UnionFS:
         self.upper_dir(node.parent)
         lower_pfd = self.parent_fd(node)
         st = node.st
-        # Copies of a lower hard-link group stop being one file: they keep the
-        # origin only when there is no other name that could claim it.
-        origin = _pack(node.key) if st.st_nlink == 1 else None
+        origin = _pack(node.key)
         xattrs = read_xattrs(lower_pfd, node.name)
         if stat.S_ISREG(st.st_mode):
             src = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lower_pfd)
@@ -762,15 +772,6 @@ class UnionFS:
             raise _err(errno.ENOENT)
         if dst is not None and flags & io.RENAME_NOREPLACE:
             raise _err(errno.EEXIST)
-        src_dir = stat.S_ISDIR(src.st.st_mode)
-        if dst is not None and not exchange:
-            dst_dir = stat.S_ISDIR(dst.st.st_mode)
-            if src_dir and not dst_dir:
-                raise _err(errno.ENOTDIR)
-            if dst_dir and not src_dir:
-                raise _err(errno.EISDIR)
-            if dst_dir and len(self.list_dir(dst)) > 2:
-                raise _err(errno.ENOTEMPTY)
         # A directory with content in lower layers cannot move without
         # redirects: EXDEV makes mv fall back to copy and delete, as overlayfs.
         for moving in (src, dst if exchange else None):
@@ -780,6 +781,15 @@ class UnionFS:
                 and any(c.layer != 0 for c in moving.copies)
             ):
                 raise _err(errno.EXDEV)
+        src_dir = stat.S_ISDIR(src.st.st_mode)
+        if dst is not None and not exchange:
+            dst_dir = stat.S_ISDIR(dst.st.st_mode)
+            if src_dir and not dst_dir:
+                raise _err(errno.ENOTDIR)
+            if dst_dir and not src_dir:
+                raise _err(errno.EISDIR)
+            if dst_dir and len(self.list_dir(dst)) > 2:
+                raise _err(errno.ENOTEMPTY)
         self.copy_up(src)
         if exchange and dst is not None:
             self.copy_up(dst)
@@ -888,13 +898,20 @@ class UnionFS:
         finally:
             node.xattr_names = None
 
+    def check_removable(self, ino: int, name: bytes) -> None:
+        """ENODATA for removing an attribute a lower entry lacks, before (and
+        instead of) its copy-up, as overlayfs."""
+        if self.needs_copy_up(self.node(ino)) and name not in self.listxattr(ino):
+            raise _err(errno.ENODATA)
+
     def removexattr(self, ino: int, name: bytes) -> None:
-        """As overlayfs: the entry is copied up first, even if the name is missing."""
+        """As overlayfs: a missing name fails before any copy-up."""
         stored = whiteout.stored_xattr(name)
         if stored is None:
             raise _err(errno.ENODATA)
         node = self.node(ino)
         self._need_upper()
+        self.check_removable(ino, name)
         self.copy_up(node)
         target = self._attr_target(node)
         try:
@@ -930,6 +947,9 @@ class CopyUp:
         if self.src_fd is not None:
             os.close(self.src_fd)
             self.src_fd = None
+
+
+_U64 = (1 << 64) - 1
 
 
 def _pack(key: OriginKey) -> bytes:
