@@ -25,15 +25,16 @@ def rss_kib(pid: int) -> int:
 def forget_everything(pid: int, below_kib: int) -> int:
     """Make the kernel drop its dentries and inodes (it then sends FORGETs, in
     batches, asynchronously); return the daemon's RSS once it fell below
-    `below_kib`, or after five seconds."""
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+    `below_kib`, or after ten seconds (asking the kernel again every two)."""
     rss = rss_kib(pid)
-    for _ in range(50):
-        if rss < below_kib:
-            break
+    for attempt in range(100):
+        if attempt % 20 == 0:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("2\n")
         time.sleep(0.1)
         rss = rss_kib(pid)
+        if rss < below_kib:
+            break
     return rss
 
 
@@ -56,7 +57,7 @@ def test_walks_do_not_grow_memory(tmp_path: Path, tmp_mounts: TmpMounts) -> None
         peaks.append(rss_kib(pid))
         after_forget.append(forget_everything(pid, peaks[-1] - 8 * 1024))
 
-    # Forgotten nodes are freed: memory falls well below the peak...
-    assert after_forget[0] < peaks[0] - 8 * 1024, (peaks, after_forget)
-    # ...and walking a different tree reuses it instead of adding to it.
-    assert max(peaks[1:]) < peaks[0] + 8 * 1024, (peaks, after_forget)
+    # Walking a different tree after the kernel forgot the first one reuses the
+    # memory instead of adding to it (the drop right after a forget is not
+    # asserted: when the allocator gives pages back to the system is its choice).
+    assert max(peaks[1:]) < peaks[0] + 6 * 1024, (peaks, after_forget)
