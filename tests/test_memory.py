@@ -25,9 +25,9 @@ def rss_kib(pid: int) -> int:
 def forget_everything(pid: int, below_kib: int) -> int:
     """Make the kernel drop its dentries and inodes (it then sends FORGETs, in
     batches, asynchronously); return the daemon's RSS once it fell below
-    `below_kib`, or after ten seconds (asking the kernel again every two)."""
+    `below_kib`, or after four seconds (asking the kernel again after two)."""
     rss = rss_kib(pid)
-    for attempt in range(100):
+    for attempt in range(40):
         if attempt % 20 == 0:
             os.sync()
             Path("/proc/sys/vm/drop_caches").write_text("2\n")
