@@ -52,7 +52,7 @@ from tests.stack import (
     build_stack,
     kernel_ghosts,
 )
-from tests.tree import ALL_FIELDS, Node, compare, render, snapshot
+from tests.tree import ALL_FIELDS, TYPE_NAMES, Node, compare, render, snapshot
 
 pytestmark = pytest.mark.mount
 
@@ -382,16 +382,6 @@ KNOWN_DIFFERENCES: dict[str, KnownDifference] = {
 
 # --------------------------------------------------------------------------- running
 
-_KINDS = {
-    stat.S_IFREG: "file",
-    stat.S_IFDIR: "dir",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFCHR: "chardev",
-    stat.S_IFBLK: "blockdev",
-    stat.S_IFSOCK: "socket",
-}
-
 
 def _read_fd(fd: int) -> bytes:
     chunks = []
@@ -429,7 +419,7 @@ def apply(op: Op, mnt: Path, since_ns: int) -> object:
     if op.kind == "stat":
         st = os.lstat(p)
         mtime = RECENT if st.st_mtime_ns >= since_ns else st.st_mtime_ns
-        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "?")
+        kind = TYPE_NAMES.get(stat.S_IFMT(st.st_mode), "?")
         return (kind, oct(stat.S_IMODE(st.st_mode)), st.st_uid, st.st_gid, st.st_size,
                 st.st_nlink, mtime)  # fmt: skip
     if op.kind == "listdir":

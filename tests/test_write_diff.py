@@ -46,6 +46,7 @@ from tests.stack import (
 from tests.tree import (
     ALL_FIELDS,
     DEFAULT_FIELDS,
+    TYPE_NAMES,
     Node,
     check_ino_consistency,
     compare,
@@ -323,16 +324,6 @@ def differential(
 
 # --------------------------------------------------------------------------- helpers
 
-_KINDS = {
-    stat.S_IFREG: "file",
-    stat.S_IFDIR: "dir",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFCHR: "chardev",
-    stat.S_IFBLK: "blockdev",
-    stat.S_IFSOCK: "socket",
-}
-
 
 def when(ns: int) -> int | str:
     """A timestamp as a comparable value: "recent" if set within the last hour."""
@@ -343,7 +334,7 @@ def meta(p: Path) -> tuple[object, ...]:
     """lstat of ``p`` without inode numbers: type, mode, owner, size, nlink, mtime."""
     st = os.lstat(p)
     return (
-        _KINDS.get(stat.S_IFMT(st.st_mode), "?"),
+        TYPE_NAMES.get(stat.S_IFMT(st.st_mode), "?"),
         oct(stat.S_IMODE(st.st_mode)),
         st.st_uid,
         st.st_gid,

@@ -20,6 +20,7 @@ from pathlib import Path
 __all__ = [
     "ALL_FIELDS",
     "DEFAULT_FIELDS",
+    "TYPE_NAMES",
     "Node",
     "check_ino_consistency",
     "compare",
@@ -64,7 +65,7 @@ ALL_FIELDS: frozenset[str] = frozenset(f.name for f in fields(Node))
 #: and device numbers are excluded: the two number inodes differently.
 DEFAULT_FIELDS: frozenset[str] = ALL_FIELDS - {"ino", "d_ino", "dev"}
 
-_TYPES = {
+TYPE_NAMES = {
     stat.S_IFREG: "file",
     stat.S_IFDIR: "dir",
     stat.S_IFLNK: "symlink",
@@ -112,7 +113,7 @@ def _record(path: str, d_ino: int | None, *, xattrs: bool, content: bool) -> Nod
         st = os.lstat(path)
     except OSError as exc:
         return Node(type="error", d_ino=d_ino, error=_err("lstat", exc))
-    kind = _TYPES.get(stat.S_IFMT(st.st_mode), f"unknown:{stat.S_IFMT(st.st_mode):o}")
+    kind = TYPE_NAMES.get(stat.S_IFMT(st.st_mode), f"unknown:{stat.S_IFMT(st.st_mode):o}")
     problems: list[str] = []
     sha256 = target = None
     rdev = None
