@@ -144,3 +144,54 @@ def test_help_and_version() -> None:
     proc = unionfs("--version")
     assert proc.returncode == 0
     assert "unionfs" in proc.stdout
+
+
+def test_upper_without_work(layer: Path, mnt: Path, tmp_path: Path) -> None:
+    proc = unionfs("mount", "--lower", str(layer), "--upper", str(tmp_path), str(mnt))
+    assert_one_error_line(proc, 2, "an upper layer needs a work dir")
+
+
+def test_missing_work_dir(layer: Path, mnt: Path, tmp_path: Path) -> None:
+    (tmp_path / "up").mkdir()
+    proc = unionfs(
+        "mount", "--lower", str(layer), "--upper", str(tmp_path / "up"),
+        "--work", str(tmp_path / "nowork"), str(mnt),
+    )  # fmt: skip
+    assert_one_error_line(proc, 1, "work dir")
+
+
+@needs_root
+def test_work_dir_on_another_filesystem(layer: Path, mnt: Path, tmp_path: Path) -> None:
+    (tmp_path / "up").mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(other)], check=True)
+    try:
+        proc = unionfs(
+            "mount", "--lower", str(layer), "--upper", str(tmp_path / "up"),
+            "--work", str(other), str(mnt),
+        )  # fmt: skip
+        assert_one_error_line(proc, 1, "is not on the filesystem of upper dir")
+    finally:
+        subprocess.run(["umount", str(other)], check=True)
+
+
+@needs_root
+def test_upper_and_work_dirs_in_use(layer: Path, tmp_path: Path) -> None:
+    up, work, work2 = tmp_path / "up", tmp_path / "work", tmp_path / "work2"
+    for d in (up, work, work2):
+        d.mkdir()
+    first, second = tmp_path / "m1", tmp_path / "m2"
+    first.mkdir()
+    second.mkdir()
+    base = ("mount", "--lower", str(layer), "--upper", str(up))
+    assert unionfs(*base, "--work", str(work), str(first)).returncode == 0
+    try:
+        proc = unionfs(*base, "--work", str(work), str(second))
+        assert_one_error_line(proc, 1, "the work dir is in use by another mount")
+        proc = unionfs(*base, "--work", str(work2), str(second))
+        assert_one_error_line(proc, 1, "the upper dir is in use by another mount")
+    finally:
+        for m in (first, second):
+            if os.path.ismount(m):
+                subprocess.run(["umount", "-l", str(m)], check=False)

@@ -90,6 +90,7 @@ def test_write_copies_up_with_metadata_and_keeps_the_inode(env: Env) -> None:
     assert (env.lowers[0] / "etc/motd").read_bytes() == b"mid\n"
     assert before.st_size == 4
     # a fresh mount of the same layers gives the same number
+    env.close()
     again = env.open()
     try:
         assert env.walk("etc/motd", again).ino == ino
@@ -191,9 +192,16 @@ def test_setattr_copies_up_metadata_only_change(env: Env) -> None:
     assert (st.st_uid, st.st_gid, st.st_mtime_ns) == (5, 6, 1_000_000_123)
 
 
+def test_a_second_mount_of_the_same_upper_is_refused(env: Env) -> None:
+    with pytest.raises(OSError) as e:
+        env.open()
+    assert e.value.errno == errno.EBUSY
+
+
 def test_interrupted_copy_up_leftovers_are_cleared(env: Env) -> None:
     leftover = env.work_dir / WORK_SUBDIR / "#1.0"
     leftover.write_bytes(b"partial")
+    env.close()
     again = env.open()
     env.close(again)
     assert list((env.work_dir / WORK_SUBDIR).iterdir()) == []

@@ -212,7 +212,9 @@ def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> Non
         except OSError as e:
             for la in layers:
                 la.close()
-            raise UnionfsError(f"work dir {config.work}: {e.strerror}") from None
+            raise UnionfsError(
+                f"cannot use {config.upper} and {config.work}: {e.strerror}"
+            ) from None
         os.umask(0)  # modes arrive with the caller's umask already applied
     fs = UnionFS(layers, upper=upper)
     try:

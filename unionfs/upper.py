@@ -66,29 +66,35 @@ class Upper:
     layer: Layer
     work_fd: int
     oci_whiteouts: bool
+    lock_fd: int = -1  # the work dir itself, flock()ed while mounted
     _names: "itertools.count[int]" = field(default_factory=itertools.count)
 
     @classmethod
     def open(cls, layer: Layer, work: Path, *, oci_whiteouts: bool) -> "Upper":
         """Open the work dir (a private subdirectory of `work`), clearing what
-        an earlier, interrupted mount left there."""
+        an earlier, interrupted mount left there. Refuses an upper or work dir
+        that another mount is using (each is locked for the life of the mount)."""
         base = os.open(work, io.DIR_FLAGS)
         try:
             if os.fstat(base).st_dev != layer.dev:
                 raise OSError(errno.EXDEV, "the work dir is not on the upper layer's filesystem")
+            _lock(base, "the work dir is in use by another mount")
+            _lock(layer.root_fd, "the upper dir is in use by another mount")
             try:
                 os.mkdir(WORK_SUBDIR, 0o700, dir_fd=base)
             except FileExistsError:
                 _clear_dir(base, WORK_SUBDIR)
             work_fd = os.open(WORK_SUBDIR, io.DIR_FLAGS, dir_fd=base)
-        finally:
+        except BaseException:
             os.close(base)
-        return cls(layer, work_fd, oci_whiteouts or os.geteuid() != 0)
+            raise
+        return cls(layer, work_fd, oci_whiteouts or os.geteuid() != 0, base)
 
     def close(self) -> None:
-        if self.work_fd >= 0:
-            os.close(self.work_fd)
-            self.work_fd = -1
+        for fd in (self.work_fd, self.lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.work_fd = self.lock_fd = -1
 
     def temp_name(self) -> bytes:
         return b"#%d.%d" % (os.getpid(), next(self._names))
@@ -219,6 +225,13 @@ class Upper:
             self.discard_temp(temp)
             raise
         return temp
+
+
+def _lock(fd: int, message: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(errno.EBUSY, message) from None
 
 
 def replace(src_dirfd: int, src: bytes, dst_dirfd: int, dst: bytes) -> None:
