@@ -15,6 +15,7 @@ import re
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -88,7 +89,7 @@ def _check_dir(path: Path, what: str) -> None:
         raise UnionfsError(f"{what} {path}: permission denied") from None
     except OSError as e:
         raise UnionfsError(f"{what} {path}: {e.strerror}") from None
-    if not os.path.isdir(path) or st is None:
+    if not stat.S_ISDIR(st.st_mode):
         raise UnionfsError(f"{what} {path}: not a directory")
 
 

@@ -12,9 +12,9 @@ other file. `resolve` turns that sequence into a `Resolution`:
 * the first copy found gives the entry's attributes.
 
 `resolve` consumes its input lazily so that lookups stop touching layers as
-soon as the answer is known; `is_opaque` is only asked about a directory copy
-that is not the last observation, which lets callers skip the xattr reads for
-the bottom layer. The same function serves lookup, readdir and inspection.
+soon as the answer is known, and asks `is_opaque` about directory copies only
+(a caller may answer False without any I/O where nothing lies below the copy).
+The same function serves lookup, readdir and inspection.
 """
 
 import enum
