@@ -43,7 +43,7 @@ def cli() -> None:
     multiple=True,
     metavar="OPTS",
     help="Comma-separated options as fuse-overlayfs takes them: lowerdir=TOP:...:BOTTOM "
-    "(colons in paths escaped as \\:) and generic mount flags.",
+    "(colons in paths escaped as \\:), upperdir=DIR, workdir=DIR, and generic mount flags.",
 )
 @click.option("--upper", metavar="DIR", help="The writable upper layer: makes the mount writable.")
 @click.option("--work", metavar="DIR", help="Work dir on the upper's filesystem (with --upper).")
