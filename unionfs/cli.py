@@ -17,16 +17,25 @@ from pathlib import Path
 import click
 
 from . import __version__, daemon
-from .errors import EXIT_USAGE, UnionfsError
-from .options import build_config
+from .commands import get_store, register
+from .errors import EXIT_USAGE, UnionfsError, UsageError
+from .options import MountConfig, build_config
+from .store import Store, mount_source
 
 log = logging.getLogger(__name__)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="unionfs")
-def cli() -> None:
-    """Mount container image layers as one filesystem."""
+@click.option(
+    "--root",
+    envvar="UNIONFS_ROOT",
+    metavar="DIR",
+    help="The image and container store (default: /var/lib/unionfs for root, "
+    "$XDG_DATA_HOME/unionfs for others; env UNIONFS_ROOT).",
+)
+def cli(root: str | None) -> None:
+    """Mount container image layers as one filesystem, and keep images and containers."""
 
 
 @cli.command("mount")
@@ -55,6 +64,11 @@ def cli() -> None:
     help="How deletions are written: overlayfs char devices 0/0 (OCI .wh. files when not "
     "root), or always OCI .wh. files.",
 )
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="Mount a container (or an image) from the store without its upper layer writable.",
+)
 @click.option("-f", "--foreground", is_flag=True, help="Serve in front and log to stderr.")
 @click.option("--debug", is_flag=True, help="Log every request (implies verbose logs).")
 @click.option(
@@ -70,14 +84,17 @@ def cli() -> None:
     help="Seconds the kernel may cache names and attributes (layers are immutable; "
     "0 turns kernel caching off, for measurements).",
 )
-@click.argument("source_or_mountpoint", metavar="MOUNTPOINT")
+@click.argument("source_or_mountpoint", metavar="[CONTAINER|IMAGE] MOUNTPOINT")
 @click.argument("mountpoint_after_source", required=False, metavar="", default=None)
+@click.pass_context
 def mount_cmd(
+    ctx: click.Context,
     lowers: tuple[str, ...],
     option_strings: tuple[str, ...],
     upper: str | None,
     work: str | None,
     whiteout_format: str,
+    read_only: bool,
     foreground: bool,
     debug: bool,
     log_file: Path | None,
@@ -85,15 +102,33 @@ def mount_cmd(
     source_or_mountpoint: str,
     mountpoint_after_source: str | None,
 ) -> None:
-    """Mount the union of layer directories on MOUNTPOINT (read-only unless --upper)."""
-    # mount.fuse3 passes "SOURCE MOUNTPOINT"; the source names nothing here.
+    """Mount layer directories, or a container or image of the store, on MOUNTPOINT.
+
+    With --lower/-o lowerdir=: the union of those dirs (read-only unless --upper).
+    With CONTAINER MOUNTPOINT: the container, writable, over its image's layers.
+    With IMAGE MOUNTPOINT --read-only: the image's layers.
+    """
     mountpoint = mountpoint_after_source or source_or_mountpoint
-    config = dataclasses.replace(
-        build_config(
-            lowers, mountpoint, option_strings, upper, work, oci_whiteouts=whiteout_format == "oci"
-        ),
-        cache_timeout=cache_timeout,
-    )
+    source = source_or_mountpoint if mountpoint_after_source is not None else None
+    oci = whiteout_format == "oci"
+    if not lowers and not any("lowerdir=" in o for o in option_strings):
+        if source is None:
+            raise UsageError(
+                "no layers: give --lower DIR (top first) or -o lowerdir=TOP:...:BOTTOM, "
+                "or a store's CONTAINER (or IMAGE with --read-only) before MOUNTPOINT"
+            )
+        if upper is not None or work is not None:
+            raise UsageError("--upper and --work are for layer dirs, not for store objects")
+        config = store_mount_config(
+            get_store(ctx), source, mountpoint, option_strings, read_only=read_only,
+            oci_whiteouts=oci,
+        )  # fmt: skip
+    else:
+        # mount.fuse3 passes "SOURCE MOUNTPOINT"; with layers given the source names nothing.
+        if read_only and upper is not None:
+            raise UsageError("--read-only and --upper contradict each other")
+        config = build_config(lowers, mountpoint, option_strings, upper, work, oci_whiteouts=oci)
+    config = dataclasses.replace(config, cache_timeout=cache_timeout)
     if foreground:
         _log_to_stderr(debug)
     daemon.mount(config, foreground=foreground, debug=debug, log_file=log_file)
@@ -107,6 +142,49 @@ def umount_cmd(mountpoint: Path, lazy: bool) -> None:
     daemon.umount(mountpoint, lazy=lazy)
 
 
+def store_mount_config(
+    store: Store,
+    source: str,
+    mountpoint: str,
+    option_strings: tuple[str, ...],
+    *,
+    read_only: bool,
+    oci_whiteouts: bool,
+) -> MountConfig:
+    """What `unionfs mount CONTAINER|IMAGE MOUNTPOINT` mounts."""
+    container = store.find_container(source)
+    if container is not None:
+        lowers = [str(p) for p in store.lowers(container.diff_ids)]
+        upper, work = store.container_upper(container), store.container_work(container)
+        name = mount_source("container", container.id)
+        if read_only:
+            lowers.insert(0, str(upper))
+        config = build_config(
+            lowers,
+            mountpoint,
+            (*option_strings, f"fsname={name}"),
+            None if read_only else str(upper),
+            None if read_only else str(work),
+            oci_whiteouts=oci_whiteouts,
+        )
+        return config
+    try:
+        image = store.resolve_image(source)
+    except UnionfsError:
+        raise UnionfsError(f"no such container or image: {source}") from None
+    if not read_only:
+        raise UnionfsError(
+            f"{source} is an image: mount it with --read-only, or make a container of it "
+            f"(unionfs create {source}) and mount that"
+        )
+    lowers = [str(p) for p in store.lowers(image.diff_ids)]
+    name = mount_source("image", image.id)
+    return build_config(lowers, mountpoint, (*option_strings, f"fsname={name}"))
+
+
+register(cli)
+
+
 def _log_to_stderr(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
@@ -117,7 +195,10 @@ def _log_to_stderr(debug: bool) -> None:
 
 def _rewrite_bare_mount(argv: list[str]) -> list[str]:
     """Turn the fuse-overlayfs/mount.fuse3 argument forms into ``mount ...``."""
-    if argv and argv[0] not in cli.commands and "-o" in argv:
+    if not argv or "-o" not in argv:
+        return argv
+    first = argv[0]
+    if first == "-o" or (not first.startswith("-") and first not in cli.commands):
         return ["mount", *argv]
     return argv
 
@@ -142,6 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        # Not foreseen by a check of its own: still one line, with the path.
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"unionfs: error: {where}{e.strerror or e}", err=True)
+        return 1
     return 0
 
 

@@ -127,7 +127,9 @@ def check_inputs(config: MountConfig) -> None:
 
 def fuse_options(config: MountConfig) -> set[str]:
     """The libfuse options for a mount of `config`."""
-    opts = {"fsname=unionfs", f"subtype={SUBTYPE}", "default_permissions"}
+    opts = {f"subtype={SUBTYPE}", "default_permissions"}
+    if not any(o.startswith("fsname=") for o in config.fuse_options):
+        opts.add("fsname=unionfs")
     if os.geteuid() == 0:
         # A container root filesystem: other users, setuid programs and
         # device nodes must work inside it.
