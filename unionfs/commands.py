@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from . import display
+from .changes import container_changes
 from .refs import Reference, parse_reference
 from .store import (
     ImageRecord,
@@ -360,6 +361,26 @@ def rm_cmd(ctx: click.Context, containers: tuple[str, ...]) -> None:
         click.echo(c.name)
 
 
+@click.command("diff")
+@click.argument("container")
+@json_option
+@click.pass_context
+def diff_cmd(ctx: click.Context, container: str, as_json: bool) -> None:
+    """List what a container changed in its image: A added, C changed, D deleted.
+
+    Reads the container's upper layer, mounted or not (while mounted, the list
+    is a snapshot of a filesystem in use).
+    """
+    store = get_store(ctx)
+    c = store.resolve_container(container)
+    changes = container_changes(store.container_upper(c), store.lowers(c.diff_ids))
+    if as_json:
+        display.echo_json([ch.to_json() for ch in changes])
+        return
+    for ch in changes:
+        click.echo(ch.line())
+
+
 # -- disk use ------------------------------------------------------------------------------
 
 
@@ -458,4 +479,5 @@ def register(cli: click.Group) -> None:
     cli.add_command(create_cmd)
     cli.add_command(ps_cmd)
     cli.add_command(rm_cmd)
+    cli.add_command(diff_cmd)
     cli.add_command(df_cmd)
