@@ -26,6 +26,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from . import runstate
 from .errors import UnionfsError
 from .fuse_ops import Operations
 from .layer import Layer
@@ -231,10 +232,23 @@ def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> Non
                 raise UnionfsError(f"cannot mount on {config.mountpoint}: {detail}") from None
         _raise_fd_limit()
         log.info("mounted %s (%d layers)", mountpoint, len(layers))
+        state = runstate.MountState(
+            mountpoint=mountpoint,
+            pid=os.getpid(),
+            lowers=[os.path.abspath(p) for p in config.lowers],
+            upper=os.path.abspath(config.upper) if config.upper is not None else None,
+            work=os.path.abspath(config.work) if config.work is not None else None,
+            control=runstate.control_socket_path(mountpoint),
+        )
         try:
+            try:
+                runstate.publish(state)
+            except OSError as e:
+                log.warning("cannot publish the mount's state in %s: %s", runstate.run_dir(), e)
             ready()
             trio.run(_serve)
         finally:
+            runstate.withdraw(state)
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
     finally:
