@@ -20,9 +20,11 @@ Decisions on entries the tar format allows but a layer should not hold:
 * an entry under a symlink of the same layer, a ``..`` escape, a hard link to
   a path outside the layer or not yet unpacked, a path longer than PATH_MAX:
   the layer is refused;
-* device nodes when not root, unknown entry types, ``trusted.overlay.*`` and
-  ``user.overlay.*`` attributes (a layer must not forge overlay bookkeeping),
-  attributes the filesystem or our privileges refuse: skipped with a warning.
+* device nodes when not root, unknown entry types, ``user.overlay.*``
+  attributes (a layer must not forge overlay bookkeeping), attributes the
+  filesystem or our privileges refuse: skipped with a warning. A file's own
+  ``trusted.overlay.X`` is stored escaped as ``trusted.overlay.overlay.X``, as
+  overlayfs stores it for a nested overlay; the mount shows it as it was.
 
 Whiteouts are recognised by name only (writers give them mode 0, a linkname, even
 the hard-link type) and written in one of two forms (`unionfs.whiteout` reads
@@ -932,10 +934,15 @@ class _Tree:
             if not key.startswith(_XATTR_PREFIX):
                 continue
             attr = _raw(key[len(_XATTR_PREFIX) :])
-            if whiteout.is_private_xattr(attr):
+            # A file's own trusted.overlay.X is stored escaped, as overlayfs stores
+            # it for a nested overlay (and the mount shows it again as
+            # trusted.overlay.X): it can never act as overlay bookkeeping.
+            stored = whiteout.stored_xattr(attr)
+            if stored is None:
                 self.warn(f"dropped xattr {_show(attr)} of {shown}: overlay attributes"
                           " come only from whiteout entries")  # fmt: skip
                 continue
+            attr = stored
             try:
                 if fd is not None:
                     os.setxattr(fd, attr, _raw(value))
