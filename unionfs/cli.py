@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, daemon
+from . import __version__, cmd_commit, cmd_events, cmd_export, cmd_inspect, daemon
 from .commands import get_store, register
 from .errors import EXIT_USAGE, UnionfsError, UsageError
 from .options import MountConfig, build_config
@@ -183,6 +183,8 @@ def store_mount_config(
 
 
 register(cli)
+for _module in (cmd_commit, cmd_export, cmd_inspect, cmd_events):
+    _module.register(cli)
 
 
 def _log_to_stderr(debug: bool) -> None:
@@ -206,7 +208,9 @@ def _rewrite_bare_mount(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _rewrite_bare_mount(list(sys.argv[1:] if argv is None else argv))
     try:
-        cli.main(args=args, prog_name="unionfs", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="unionfs", standalone_mode=False)
+        if isinstance(rv, int):  # a command's click.exceptions.Exit(n), returned
+            return rv
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.Abort:

@@ -27,6 +27,7 @@ import pyfuse3
 import trio
 
 from . import runstate
+from .control import ControlServer
 from .errors import UnionfsError
 from .fuse_ops import Operations
 from .layer import Layer
@@ -185,9 +186,11 @@ def _open_layers(config: MountConfig) -> list[Layer]:
     return layers
 
 
-async def _serve() -> None:
+async def _serve(control: ControlServer | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_unmount_on_signal)
+        if control is not None:
+            nursery.start_soon(control.serve)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -198,6 +201,18 @@ async def _unmount_on_signal() -> None:
             log.info("%s received: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+def _open_control(state: runstate.MountState, fs: UnionFS) -> ControlServer | None:
+    """The control socket (`unionfs events`, `unionfs stats`); None, with a
+    warning, if it cannot be made: the mount works without it."""
+    try:
+        return ControlServer.bind(
+            state.control, fs.events, mountpoint=state.mountpoint, layer_paths=state.layer_paths
+        )
+    except OSError as e:
+        log.warning("cannot create the control socket %s: %s", state.control, e.strerror)
+        return None
 
 
 def _raise_fd_limit() -> None:
@@ -240,14 +255,19 @@ def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> Non
             work=os.path.abspath(config.work) if config.work is not None else None,
             control=runstate.control_socket_path(mountpoint),
         )
+        control = None
         try:
             try:
                 runstate.publish(state)
             except OSError as e:
                 log.warning("cannot publish the mount's state in %s: %s", runstate.run_dir(), e)
+            else:
+                control = _open_control(state, fs)
             ready()
-            trio.run(_serve)
+            trio.run(_serve, control)
         finally:
+            if control is not None:
+                control.close()
             runstate.withdraw(state)
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)

@@ -16,6 +16,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from .events import setattr_reason
 from .inodes import Node
 from .vfs import UnionFS
 
@@ -41,6 +42,7 @@ def _handler(
 
     @functools.wraps(fn)
     async def wrapper(self: "Operations", /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.requests[name] += 1
         if self.debug:
             log.debug("%s%r", name, args)
         try:
@@ -75,6 +77,7 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self.fs = fs
+        self.requests = fs.events.requests  # requests by type, counted by `_handler`
         self.debug = debug
         # With a timeout of 0 the kernel caches nothing: every access asks the
         # daemon again (only useful to measure what the caches buy).
@@ -122,6 +125,7 @@ class Operations(pyfuse3.Operations):
         return self.entry(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        self.requests["forget"] += 1
         try:
             self.fs.forget(inode_list)
         except Exception:  # forget must never raise
@@ -175,7 +179,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & _WRITE_FLAGS:
             self._writable()
-            await self._copy_up(self.fs.node(inode))
+            await self._copy_up(self.fs.node(inode), "write")
         return pyfuse3.FileInfo(fh=self.fs.open(inode, flags), keep_cache=self.keep_cache)
 
     @_handler
@@ -209,18 +213,19 @@ class Operations(pyfuse3.Operations):
         if lock is not None and not lock.locked() and lock.statistics().tasks_waiting == 0:
             del self._locks[ino]
 
-    async def _copy_up(self, node: Node) -> None:
+    async def _copy_up(self, node: Node, reason: str) -> None:
         """Copy `node` up, its data in a worker thread: a large copy-up never
-        stalls requests for other files. Requests for this inode wait."""
+        stalls requests for other files. Requests for this inode wait.
+        `reason` is what the copy-up is recorded as (`events.REASONS`)."""
         fs = self.fs
         if not fs.needs_copy_up(node):
             return
         async with self._lock(node.ino):
             if fs.needs_copy_up(node):
                 if stat.S_ISDIR(node.st.st_mode):
-                    fs.upper_dir(node)
+                    fs.upper_dir(node, reason)
                 else:
-                    job = fs.prepare_copy_up(node)
+                    job = fs.prepare_copy_up(node, reason)
                     try:
                         temp = await trio.to_thread.run_sync(job.run)
                     finally:
@@ -278,7 +283,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._writable()
         node = self.fs.node(inode)
-        await self._copy_up(node)
+        await self._copy_up(node, "link")
         async with self._lock(inode):
             node = self.fs.link(inode, new_parent_inode, new_name)
         self._unlock_done(inode)
@@ -310,7 +315,7 @@ class Operations(pyfuse3.Operations):
         self._writable()
         src = self.fs.peek(parent_inode_old, name_old)
         if not stat.S_ISDIR(src.st.st_mode):
-            await self._copy_up(src)
+            await self._copy_up(src, "rename")
         async with self._lock(src.ino):
             self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         self._unlock_done(src.ino)
@@ -325,7 +330,13 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        await self._copy_up(self.fs.node(inode))
+        reason = setattr_reason(
+            size=fields.update_size,
+            owner=fields.update_uid or fields.update_gid,
+            mode=fields.update_mode,
+            times=fields.update_atime or fields.update_mtime or fields.update_ctime,
+        )
+        await self._copy_up(self.fs.node(inode), reason)
         node = self.fs.setattr(
             inode,
             fh,
@@ -359,12 +370,12 @@ class Operations(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._writable()
-        await self._copy_up(self.fs.node(inode))
+        await self._copy_up(self.fs.node(inode), "setxattr")
         self.fs.setxattr(inode, name, value)
 
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
         self.fs.check_removable(inode, name)
-        await self._copy_up(self.fs.node(inode))
+        await self._copy_up(self.fs.node(inode), "removexattr")
         self.fs.removexattr(inode, name)

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,12 +67,31 @@ def control_socket_path(real_mountpoint: str) -> str:
     return str(_state_dir() / f"{_key(real_mountpoint)}.sock")
 
 
+def _private_dir(path: Path) -> None:
+    """Make `path` (mode 0700, ours) or check that it is: the daemon runs with
+    umask 0, and another user must not be able to plant state files."""
+    try:
+        path.mkdir(mode=0o700)
+        os.chmod(path, 0o700)
+    except FileExistsError:
+        pass
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(f"{path} is not a private directory of this user")
+
+
 def publish(state: MountState) -> None:
-    """Write the state file of a mount that just became live."""
+    """Write the state file of a mount that just became live (mode 0600)."""
+    base = run_dir()
+    base.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(base)
     d = _state_dir()
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_dir(d)
     tmp = d / f".{_key(state.mountpoint)}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(asdict(state), indent=2))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(json.dumps(asdict(state), indent=2))
     os.replace(tmp, state.state_path)
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import stat
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import xxhash
 
 from . import layer as io
 from . import whiteout
+from .events import EventLog, file_type, setattr_reason
 from .inodes import ROOT_INO, InodeTable, Node, OriginKey, origin_key
 from .layer import NAME_MAX, Layer
 from .merge import Copy, Kind, Resolution, resolve
@@ -100,15 +102,23 @@ class UnionFS:
     it has an upper layer."""
 
     def __init__(
-        self, layers: Sequence[Layer], *, upper: Upper | None = None, fd_cache_size: int = 1024
+        self,
+        layers: Sequence[Layer],
+        *,
+        upper: Upper | None = None,
+        fd_cache_size: int = 1024,
+        events: EventLog | None = None,
     ) -> None:
-        """`layers` top first; with `upper`, ``layers[0]`` is its (writable) layer."""
+        """`layers` top first; with `upper`, ``layers[0]`` is its (writable) layer.
+        What the filesystem does (copy-ups, whiteouts, ...) is recorded in
+        `events` (a new `EventLog` when not given)."""
         if not layers:
             raise ValueError("at least one layer is needed")
         if upper is not None and upper.layer is not layers[0]:
             raise ValueError("the upper layer must be the first layer")
         self.layers = list(layers)
         self.upper = upper
+        self.events = events if events is not None else EventLog()
         self._fds = DirFdCache(fd_cache_size)
         top = self.layers[0]
         root_st = os.fstat(top.root_fd)
@@ -256,6 +266,7 @@ class UnionFS:
             if st is None:
                 raise _err(errno.ENOENT)
             node = self._node_for(parent, name, res.visible, st)
+            self.events.count_lookup(res.visible[0].layer)
         self.inodes.remember(node)
         return node
 
@@ -379,7 +390,7 @@ class UnionFS:
         if flags & _WRITE_FLAGS:
             if self.upper is None:
                 raise _err(errno.EROFS)
-            self.copy_up(node)
+            self.copy_up(node, "write")
         fd = self._open_node(node, (flags & _OPEN_KEEP) | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._files[fd] = node
         node.open_fds.add(fd)
@@ -480,9 +491,10 @@ class UnionFS:
             raise _err(errno.EROFS)
         return self.upper
 
-    def upper_dir(self, node: Node) -> int:
+    def upper_dir(self, node: Node, reason: str = "parent") -> int:
         """`node` (a directory) in the upper layer, copying it and its parents
-        up first if needed; returns its descriptor there."""
+        up first if needed; returns its descriptor there. `reason` is what
+        the copy-up of `node` itself is recorded as (its parents' is "parent")."""
         upper = self._need_upper()
         chain: list[Node] = []
         cur: Node | None = node
@@ -491,32 +503,44 @@ class UnionFS:
             cur = cur.parent
         for d in reversed(chain):
             assert d.parent is not None  # the root always has an upper copy
+            started = time.perf_counter()
             pfd = self.dir_fd(d.parent, 0)
             src = self.dir_fd(d, d.top_layer)
             temp = upper.copy_dir(src, d.st, _pack(d.key))
             with _parent_times_kept(pfd):
                 upper.install(temp, pfd, d.name)
+            source = d.top_layer
             d.copies = (Copy(0, Kind.DIR), *d.copies)
             d.xattr_names = None
+            self.events.copy_up(
+                mount_path(d),
+                reason if d is node else "parent",
+                layer=source,
+                data=False,
+                nbytes=0,
+                seconds=time.perf_counter() - started,
+            )
         return self.dir_fd(node, 0)
 
     def needs_copy_up(self, node: Node) -> bool:
         return self.upper is not None and node.copies[0].layer != 0
 
-    def prepare_copy_up(self, node: Node) -> "CopyUp":
-        """Step 1 of a copy-up (on the event loop): parents up, source open."""
+    def prepare_copy_up(self, node: Node, reason: str) -> "CopyUp":
+        """Step 1 of a copy-up (on the event loop): parents up, source open.
+        `reason` is what the copy-up is recorded as (`events.REASONS`)."""
         upper = self._need_upper()
         assert node.parent is not None
         self.upper_dir(node.parent)
+        started = time.perf_counter()
         lower_pfd = self.parent_fd(node)
         st = node.st
         origin = _pack(node.key)
         xattrs = read_xattrs(lower_pfd, node.name)
         if stat.S_ISREG(st.st_mode):
             src = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lower_pfd)
-            return CopyUp(upper, node, st, xattrs, origin, src_fd=src)
+            return CopyUp(upper, node, st, xattrs, origin, reason, started, src_fd=src)
         target = os.readlink(node.name, dir_fd=lower_pfd) if stat.S_ISLNK(st.st_mode) else None
-        return CopyUp(upper, node, st, xattrs, origin, target=target)
+        return CopyUp(upper, node, st, xattrs, origin, reason, started, target=target)
 
     def finish_copy_up(self, job: "CopyUp", temp: bytes) -> None:
         """Step 3 (on the event loop): rename the copy into place, repoint readers."""
@@ -525,6 +549,7 @@ class UnionFS:
         pfd = self.dir_fd(node.parent, 0)
         with _parent_times_kept(pfd):
             job.upper.install(temp, pfd, node.name)
+        source = node.top_layer
         node.copies = (Copy(0, Kind.NONDIR),)
         node.xattr_names = None
         self.refresh(node)
@@ -533,15 +558,25 @@ class UnionFS:
             new = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             os.dup2(new, fd)
             os.close(new)
+        data = stat.S_ISREG(job.st.st_mode)
+        self.events.copy_up(
+            mount_path(node),
+            job.reason,
+            layer=source,
+            data=data,
+            nbytes=job.st.st_size if data else 0,
+            seconds=time.perf_counter() - job.started,
+        )
 
-    def copy_up(self, node: Node) -> None:
-        """Copy a non-directory (or a directory's metadata) into the upper layer."""
+    def copy_up(self, node: Node, reason: str) -> None:
+        """Copy a non-directory (or a directory's metadata) into the upper layer;
+        `reason` is what the copy-up is recorded as (`events.REASONS`)."""
         if not self.needs_copy_up(node):
             return
         if stat.S_ISDIR(node.st.st_mode):
-            self.upper_dir(node)
+            self.upper_dir(node, reason)
             return
-        job = self.prepare_copy_up(node)
+        job = self.prepare_copy_up(node, reason)
         try:
             temp = job.run()
         finally:
@@ -637,6 +672,10 @@ class UnionFS:
                 raise
         upper.remove_whiteout(pfd, name)
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        path = mount_path(parent, name)
+        self.events.create(path, file_type(st.st_mode))
+        if is_dir and hides_lower:
+            self.events.opaque(path)
         kind = Kind.DIR if is_dir else Kind.NONDIR
         node = self._node_for(parent, name, (Copy(0, kind),), st)
         self.inodes.remember(node)
@@ -673,7 +712,7 @@ class UnionFS:
         node = self.node(ino)
         if stat.S_ISDIR(node.st.st_mode):
             raise _err(errno.EPERM)
-        self.copy_up(node)
+        self.copy_up(node, "link")
         src_pfd, src_name = self._name_of(node)
 
         def make(dirfd: int, n: bytes) -> None:
@@ -693,6 +732,7 @@ class UnionFS:
         else:
             make(pfd, new_name)
         upper.remove_whiteout(pfd, new_name)
+        self.events.create(mount_path(parent, new_name), "hardlink")
         node.add_link(parent, new_name)
         self.refresh(node)
         self.inodes.remember(node)
@@ -716,6 +756,7 @@ class UnionFS:
         pfd = self.upper_dir(parent)
         if self._lower_has(parent, name):
             upper.write_whiteout(pfd, name)
+            self.events.whiteout(mount_path(parent, name), _whiteout_form(upper))
         else:
             os.unlink(name, dir_fd=pfd)
         victim.drop_link(parent, name)
@@ -743,6 +784,7 @@ class UnionFS:
                 os.mknod(temp, stat.S_IFCHR, os.makedev(0, 0), dir_fd=upper.work_fd)
                 io.renameat2(upper.work_fd, temp, pfd, name, io.RENAME_EXCHANGE)
                 upper.discard_temp(temp)
+                self.events.whiteout(mount_path(parent, name), "chardev")
                 hides_lower = False
             else:
                 temp = upper.temp_name()
@@ -750,6 +792,7 @@ class UnionFS:
                 upper.discard_temp(temp)
         if hides_lower:
             upper.write_whiteout(pfd, name)
+            self.events.whiteout(mount_path(parent, name), _whiteout_form(upper))
         victim.drop_link(parent, name)
         self.inodes.drop_if_unused(victim)
 
@@ -790,9 +833,9 @@ class UnionFS:
                 raise _err(errno.EISDIR)
             if dst_dir and len(self.list_dir(dst)) > 2:
                 raise _err(errno.ENOTEMPTY)
-        self.copy_up(src)
+        self.copy_up(src, "rename")
         if exchange and dst is not None:
-            self.copy_up(dst)
+            self.copy_up(dst, "rename")
         old_pfd = self.upper_dir(old_parent)
         new_pfd = self.upper_dir(new_parent)
         old_hides = self._lower_has(old_parent, old_name)
@@ -806,6 +849,7 @@ class UnionFS:
             upper.remove_whiteout(new_pfd, new_name)
             if old_hides:
                 upper.write_whiteout(old_pfd, old_name)
+                self.events.whiteout(mount_path(old_parent, old_name), _whiteout_form(upper))
         # As overlayfs: a directory moved into a merged directory becomes opaque,
         # so that nothing a lower layer has (or later gets) under its new name
         # shows through.
@@ -814,6 +858,7 @@ class UnionFS:
             try:
                 if not io.is_opaque_dir(fd):
                     upper.make_opaque(fd)
+                    self.events.opaque(mount_path(new_parent, new_name))
             finally:
                 os.close(fd)
         if dst is not None:
@@ -851,7 +896,13 @@ class UnionFS:
     ) -> Node:
         node = self.node(ino)
         self._need_upper()
-        self.copy_up(node)
+        reason = setattr_reason(
+            size=size is not None,
+            owner=uid is not None or gid is not None,
+            mode=mode is not None,
+            times=atime_ns is not None or mtime_ns is not None,
+        )
+        self.copy_up(node, reason)
         fd = fh if fh is not None and fh in self._files else None
         if size is not None:
             if fd is not None and os.O_ACCMODE & _fd_flags(fd) != os.O_RDONLY:
@@ -891,7 +942,7 @@ class UnionFS:
             raise _err(errno.EPERM)
         node = self.node(ino)
         self._need_upper()
-        self.copy_up(node)
+        self.copy_up(node, "setxattr")
         target = self._attr_target(node)
         try:
             os.setxattr(target, stored, value, flags, follow_symlinks=isinstance(target, int))
@@ -912,7 +963,7 @@ class UnionFS:
         node = self.node(ino)
         self._need_upper()
         self.check_removable(ino, name)
-        self.copy_up(node)
+        self.copy_up(node, "removexattr")
         target = self._attr_target(node)
         try:
             os.removexattr(target, stored, follow_symlinks=isinstance(target, int))
@@ -934,6 +985,8 @@ class CopyUp:
     st: os.stat_result
     xattrs: dict[bytes, bytes]
     origin: bytes | None
+    reason: str  # what it is recorded as
+    started: float  # time.perf_counter() when the source was opened
     src_fd: int | None = None
     target: bytes | None = None
 
@@ -950,6 +1003,20 @@ class CopyUp:
 
 
 _U64 = (1 << 64) - 1
+
+
+def mount_path(node: Node, name: bytes = b"") -> str:
+    """Where `node` (or its child `name`) is in the mount: ``/etc/motd``."""
+    parts = [name] if name else []
+    cur: Node | None = node
+    while cur is not None and cur.parent is not None:
+        parts.append(cur.name)
+        cur = cur.parent
+    return "/" + os.fsdecode(b"/".join(reversed(parts)))
+
+
+def _whiteout_form(upper: Upper) -> str:
+    return "oci" if upper.oci_whiteouts else "chardev"
 
 
 def _pack(key: OriginKey) -> bytes:
