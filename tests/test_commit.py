@@ -29,7 +29,7 @@ from tests.tree import Node, compare, snapshot
 from unionfs.errors import UnionfsError
 from unionfs.layerwriter import WrittenLayer, write_layer
 from unionfs.refs import Reference
-from unionfs.store import ImageRecord, Store
+from unionfs.store import Store
 from unionfs.unpack import unpack_layer
 
 ROOT = os.geteuid() == 0
@@ -555,34 +555,16 @@ def commit(root: Path, *args: str) -> str:
     return out.strip()
 
 
-def layout_of(store: Store, image: ImageRecord, dest: Path, ref: str) -> Path:
-    """An OCI image layout of one store image, from the store's own blobs."""
-    blobs = dest / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    for digest in (image.manifest_digest, image.id, *(la.digest for la in image.layers)):
-        shutil.copyfile(store.blob_path(digest), blobs / digest.removeprefix("sha256:"))
-    manifest = store.read_blob(image.manifest_digest)
-    (dest / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    index = {
-        "schemaVersion": 2,
-        "mediaType": oci.OCI_INDEX,
-        "manifests": [
-            {
-                "mediaType": oci.OCI_MANIFEST,
-                "digest": image.manifest_digest,
-                "size": len(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": ref},
-            }
-        ],
-    }
-    (dest / "index.json").write_text(json.dumps(index))
-    return dest
-
-
 def umoci_view(store: Store, image_id: str, tmp_path: Path) -> dict[str, Node]:
-    """What ``umoci unpack`` makes of the image (compare it without ``nlink@dir``:
-    a union reports a merged directory with one link)."""
-    layout = layout_of(store, store.resolve_image(image_id), tmp_path / "oci", "img")
+    """What ``umoci unpack`` makes of the image as ``unionfs image export`` writes
+    it (compare it without ``nlink@dir``: a union reports a merged directory
+    with one link)."""
+    layout = tmp_path / "oci"
+    if layout.exists():
+        shutil.rmtree(layout)
+        shutil.rmtree(tmp_path / "umoci", ignore_errors=True)
+    unionfs("image", "export", image_id, str(layout), "--format", "oci", "--tag", "x:img",
+            root=store.root)  # fmt: skip
     return without_root(snapshot(umoci_unpack(layout, "img", tmp_path / "umoci")))
 
 
