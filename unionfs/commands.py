@@ -462,7 +462,7 @@ def df_cmd(ctx: click.Context, as_json: bool) -> None:
 
 @click.group("image")
 def image_group() -> None:
-    """Manage images: import, ls, inspect, history, tag, rm."""
+    """Manage images: import, ls, inspect, history, tag, rm, export."""
 
 
 for _cmd in (import_cmd, images_cmd, inspect_cmd, history_cmd, tag_cmd, rmi_cmd):
