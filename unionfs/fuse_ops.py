@@ -194,6 +194,10 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name not in self.fs.listxattr(inode):
+            # The common answer (`ls -l` asks every entry for two attributes
+            # that are almost never set), without an OSError on the way.
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return self.fs.getxattr(inode, name)
 
     @_handler
@@ -293,6 +297,11 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
         victim = self.fs.peek(parent_inode, name)
+        if victim.ino not in self._locks:
+            # No copy-up of it is under way, and nothing runs between the peek
+            # and the removal: the peeked node is still the one to remove.
+            self.fs.unlink(parent_inode, name, victim)
+            return
         async with self._lock(victim.ino):
             self.fs.unlink(parent_inode, name)
         self._unlock_done(victim.ino)

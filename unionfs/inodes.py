@@ -26,6 +26,63 @@ log = logging.getLogger(__name__)
 ROOT_INO = 1
 _INO_MASK = (1 << 63) - 1  # keep st_ino positive for every consumer of stat
 _KEY = struct.Struct("<QQQ")
+_U64 = 0xFFFFFFFFFFFFFFFF
+# Device numbers and block sizes repeat across every entry of a layer: one int
+# object each instead of one per node.
+_SHARED_INTS: dict[int, int] = {}
+
+
+def _shared(value: int) -> int:
+    return _SHARED_INTS.setdefault(value, value)
+
+
+class NodeStat:
+    """The lstat fields a node answers with, without the rest of an
+    `os.stat_result` (its float times, its tuple): a node lives as long as the
+    kernel holds its inode, so this is most of the daemon's memory on a large
+    tree. Equal timestamps share one int."""
+
+    __slots__ = (
+        "st_atime_ns",
+        "st_blksize",
+        "st_blocks",
+        "st_ctime_ns",
+        "st_dev",
+        "st_gid",
+        "st_ino",
+        "st_mode",
+        "st_mtime_ns",
+        "st_nlink",
+        "st_rdev",
+        "st_size",
+        "st_uid",
+    )
+
+    def __init__(self, st: "os.stat_result | NodeStat") -> None:
+        self.st_mode: int = st.st_mode
+        self.st_ino: int = st.st_ino
+        self.st_dev: int = _shared(st.st_dev)
+        self.st_nlink: int = st.st_nlink
+        self.st_uid: int = st.st_uid
+        self.st_gid: int = st.st_gid
+        self.st_rdev: int = st.st_rdev
+        self.st_size: int = st.st_size
+        self.st_blksize: int = _shared(st.st_blksize)
+        self.st_blocks: int = st.st_blocks
+        mtime = st.st_mtime_ns
+        atime, ctime = st.st_atime_ns, st.st_ctime_ns
+        self.st_mtime_ns: int = mtime
+        self.st_atime_ns: int = mtime if atime == mtime else atime
+        self.st_ctime_ns: int = mtime if ctime == mtime else ctime
+
+    def __repr__(self) -> str:
+        return (
+            f"NodeStat(mode={self.st_mode:o}, ino={self.st_ino}, size={self.st_size}, "
+            f"nlink={self.st_nlink})"
+        )
+
+
+StatLike = os.stat_result | NodeStat
 
 
 class Node:
@@ -34,6 +91,8 @@ class Node:
     `copies` are the visible copies, top first: one for a non-directory, the
     merging stack for a directory. `st` is the lstat of the top copy (layers are
     immutable, so it stays valid). `parent`/`name` lead from the root to it.
+    `extra_links` and `open_fds` are tuples, empty (and shared) for almost
+    every node.
     """
 
     __slots__ = (
@@ -56,22 +115,32 @@ class Node:
         parent: "Node | None",
         name: bytes,
         copies: tuple[Copy, ...],
-        st: os.stat_result,
+        st: StatLike,
         key: "OriginKey" = (0, 0, 0),
     ) -> None:
         self.ino = ino
         self.parent = parent
         self.name = name
         self.copies = copies
-        self.st = st
+        self.st = st if isinstance(st, NodeStat) else NodeStat(st)
         self.key = key
         self.lookups = 0
         self.xattr_names: tuple[bytes, ...] | None = None
         # Further names of an upper-layer file with hard links, as the kernel
         # looked them up; `parent`/`name` is always one that still exists.
-        self.extra_links: list[tuple[Node, bytes]] = []
-        self.open_fds: set[int] = set()
+        self.extra_links: tuple[tuple[Node, bytes], ...] = ()
+        self.open_fds: tuple[int, ...] = ()
         self.unlinked = False
+
+    def set_st(self, st: StatLike) -> None:
+        """Replace the attributes (with a fresh lstat of the top copy)."""
+        self.st = st if isinstance(st, NodeStat) else NodeStat(st)
+
+    def add_fd(self, fd: int) -> None:
+        self.open_fds = (*self.open_fds, fd)
+
+    def discard_fd(self, fd: int) -> None:
+        self.open_fds = tuple(f for f in self.open_fds if f != fd)
 
     def links(self) -> list[tuple["Node", bytes]]:
         if self.unlinked or self.parent is None:
@@ -82,15 +151,18 @@ class Node:
         if self.unlinked:
             self.parent, self.name, self.unlinked = parent, name, False
         elif (parent, name) != (self.parent, self.name) and (parent, name) not in self.extra_links:
-            self.extra_links.append((parent, name))
+            self.extra_links = (*self.extra_links, (parent, name))
 
     def drop_link(self, parent: "Node", name: bytes) -> None:
         """`parent/name` no longer names this node; keep another name if any."""
         if (parent, name) in self.extra_links:
-            self.extra_links.remove((parent, name))
+            rest = list(self.extra_links)
+            rest.remove((parent, name))
+            self.extra_links = tuple(rest)
         elif (parent, name) == (self.parent, self.name):
             if self.extra_links:
-                self.parent, self.name = self.extra_links.pop(0)
+                (self.parent, self.name), *rest = self.extra_links
+                self.extra_links = tuple(rest)
             else:
                 self.unlinked = True
 
@@ -109,8 +181,8 @@ class Node:
 OriginKey = tuple[int, int, int]  # (filesystem id, st_dev, st_ino) of the origin
 
 
-def origin_key(fsid: int, st: os.stat_result) -> OriginKey:
-    return (fsid & 0xFFFFFFFFFFFFFFFF, st.st_dev, st.st_ino)
+def origin_key(fsid: int, st: StatLike) -> OriginKey:
+    return (_shared(fsid & _U64), _shared(st.st_dev), st.st_ino)
 
 
 def origin_ino(key: OriginKey, salt: int = 0) -> int:

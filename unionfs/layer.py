@@ -120,6 +120,18 @@ def is_opaque_dir(fd: int) -> bool:
     return lstat_at(fd, whiteout.OCI_OPAQUE) is not None
 
 
+_COPIES: dict[tuple[int, Kind], Copy] = {}
+
+
+def copy_of(layer: int, kind: Kind) -> Copy:
+    """The one shared `Copy` for (`layer`, `kind`): copies are immutable, and
+    every node holds some, so they are not made anew for every entry."""
+    copy = _COPIES.get((layer, kind))
+    if copy is None:
+        copy = _COPIES[layer, kind] = Copy(layer, kind)
+    return copy
+
+
 def classify(layer: int, dirfd: int, name: bytes, st: os.stat_result | None) -> Copy:
     """What a layer holds under `name`, given its lstat (or None when absent).
 
@@ -127,23 +139,29 @@ def classify(layer: int, dirfd: int, name: bytes, st: os.stat_result | None) -> 
     entry, not a property of `NAME` itself).
     """
     if st is None:
-        return Copy(layer, Kind.ABSENT)
+        return copy_of(layer, Kind.ABSENT)
     mode = st.st_mode
     if stat.S_ISDIR(mode):
-        return Copy(layer, Kind.DIR)
+        return copy_of(layer, Kind.DIR)
     if whiteout.is_chardev_whiteout(st) or is_xattr_whiteout(dirfd, name, st):
-        return Copy(layer, Kind.WHITEOUT)
-    return Copy(layer, Kind.NONDIR)
+        return copy_of(layer, Kind.WHITEOUT)
+    return copy_of(layer, Kind.NONDIR)
 
 
-def observe(layer: int, dirfd: int, name: bytes) -> tuple[Copy, os.stat_result | None]:
-    """Look `name` up in one layer's directory: its classification and lstat."""
+def observe(
+    layer: int, dirfd: int, name: bytes, *, oci: bool = True
+) -> tuple[Copy, os.stat_result | None]:
+    """Look `name` up in one layer's directory: its classification and lstat.
+
+    With `oci` false an absent name is reported absent without looking for its
+    OCI whiteout ``.wh.NAME`` (for a caller to whom both mean "not there").
+    """
     st = lstat_at(dirfd, name)
     if st is None:
-        oci = whiteout.OCI_PREFIX + name
-        if len(oci) <= NAME_MAX and lstat_at(dirfd, oci) is not None:
-            return Copy(layer, Kind.WHITEOUT), None
-        return Copy(layer, Kind.ABSENT), None
+        marker = whiteout.OCI_PREFIX + name
+        if oci and len(marker) <= NAME_MAX and lstat_at(dirfd, marker) is not None:
+            return copy_of(layer, Kind.WHITEOUT), None
+        return copy_of(layer, Kind.ABSENT), None
     return classify(layer, dirfd, name, st), st
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from . import layer as io
 from . import whiteout
+from .inodes import StatLike
 from .layer import Layer
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ class Upper:
 
     # -- copy-up -------------------------------------------------------------------
 
-    def copy_dir(self, src_fd: int, st: os.stat_result, origin: bytes) -> bytes:
+    def copy_dir(self, src_fd: int, st: StatLike, origin: bytes) -> bytes:
         """An empty directory in the work dir with `src_fd`'s metadata."""
         temp = self.temp_name()
         os.mkdir(temp, 0o700, dir_fd=self.work_fd)
@@ -179,7 +180,7 @@ class Upper:
             raise
         return temp
 
-    def copy_file(self, src_fd: int, st: os.stat_result, xattrs: dict[bytes, bytes],
+    def copy_file(self, src_fd: int, st: StatLike, xattrs: dict[bytes, bytes],
                   origin: bytes | None) -> bytes:  # fmt: skip
         """A full copy of an open regular file in the work dir. Safe to run in a
         worker thread: it touches nothing but its own descriptors."""
@@ -202,7 +203,7 @@ class Upper:
         os.close(fd)
         return temp
 
-    def copy_special(self, st: os.stat_result, target: bytes | None,
+    def copy_special(self, st: StatLike, target: bytes | None,
                      xattrs: dict[bytes, bytes], origin: bytes | None) -> bytes:  # fmt: skip
         """A symlink, fifo, socket or device node in the work dir."""
         temp = self.temp_name()

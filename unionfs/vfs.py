@@ -28,7 +28,7 @@ import xxhash
 from . import layer as io
 from . import whiteout
 from .events import EventLog, file_type, setattr_reason
-from .inodes import ROOT_INO, InodeTable, Node, OriginKey, origin_key
+from .inodes import ROOT_INO, InodeTable, Node, OriginKey, StatLike, origin_key
 from .layer import NAME_MAX, Layer
 from .merge import Copy, Kind, Resolution, resolve
 from .upper import ORIGIN_XATTR, Upper, read_xattrs, replace, unpack_origin
@@ -128,6 +128,7 @@ class UnionFS:
         self._listings: dict[int, DirListing] = {}
         self._next_dir_fh = 1
         self._files: dict[int, Node] = {}  # fh (== the open descriptor) -> its node
+        self._stacks: dict[tuple[Copy, ...], tuple[Copy, ...]] = {}
 
     @property
     def writable(self) -> bool:
@@ -183,28 +184,41 @@ class UnionFS:
         finally:
             os.close(fd)
 
-    def resolve_child(self, parent: Node, name: bytes) -> tuple[Resolution, os.stat_result | None]:
-        """Apply the merge rules to `name` in `parent`; the top copy's lstat."""
+    def resolve_child(
+        self, parent: Node, name: bytes, *, why: bool = True
+    ) -> tuple[Resolution, os.stat_result | None]:
+        """Apply the merge rules to `name` in `parent`; the top copy's lstat.
+
+        With `why` false the caller wants only what exists: an OCI whiteout in
+        the bottom layer of `parent` hides nothing, so it is not looked for
+        (a lookup of a new name in a directory of one layer costs one lstat).
+        """
         stats: dict[int, os.stat_result | None] = {}
+        bottom = parent.copies[-1].layer
 
         def observations() -> Iterator[Copy]:
             for pc in parent.copies:
-                copy, st = io.observe(pc.layer, self.dir_fd(parent, pc.layer), name)
+                fd = self.dir_fd(parent, pc.layer)
+                copy, st = io.observe(pc.layer, fd, name, oci=why or pc.layer != bottom)
                 stats[pc.layer] = st
                 yield copy
 
         res = resolve(observations(), lambda c: self._child_is_opaque(parent, name, c))
         return res, (stats[res.visible[0].layer] if res.exists else None)
 
-    def _key_for(self, parent: Node, name: bytes, copy: Copy, st: os.stat_result) -> OriginKey:
+    def _key_for(self, parent: Node, name: bytes, copy: Copy, st: StatLike) -> OriginKey:
         """The origin identity of an entry: a copied-up upper entry carries its
         origin's; anything else is its own."""
         if self.upper is None:
             return origin_key(self.layers[copy.layer].fsid, st)
         if copy.layer == 0:
+            own = origin_key(self.layers[0].fsid, st)
+            if self._known_without_origin(parent, name, own):
+                return own
             recorded = unpack_origin(io.getxattr_at(self.dir_fd(parent, 0), name, ORIGIN_XATTR))
             if recorded is not None:
                 return recorded
+            return own
         elif st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             # A lower hard-link group is one file only until one of its names is
             # written, and FUSE says which inode is opened, not through which
@@ -215,31 +229,52 @@ class UnionFS:
             return fsid, dev, xxhash.xxh64_intdigest(_pack(parent.key) + name, seed=ino & _U64)
         return origin_key(self.layers[copy.layer].fsid, st)
 
+    def _known_without_origin(self, parent: Node, name: bytes, own: OriginKey) -> bool:
+        """Whether the table already holds this upper entry (`parent/name`,
+        identity `own`) as one without an origin xattr, so that reading the
+        xattr again can be skipped (`rm -rf` asks for every name it listed).
+
+        A node keyed by its own upper identity was created here or found
+        without an origin; while that file lives, no other entry has its
+        inode number, and a copy-up always writes a new file.
+        """
+        known = self.inodes.find(self.inodes.number_for(own))
+        if known is None or known.unlinked or known.key != own or known.copies[0].layer != 0:
+            return False
+        link = (parent, name)
+        return (known.parent is parent and known.name == name) or link in known.extra_links
+
     def _node_for(
         self,
         parent: Node,
         name: bytes,
         copies: tuple[Copy, ...],
-        st: os.stat_result,
+        st: StatLike,
         *,
         intern: bool = True,
+        key: OriginKey | None = None,
     ) -> Node:
         """The node of an entry: the table's if the kernel knows it, else a new
-        one (entered in the table unless `intern` is false)."""
-        key = self._key_for(parent, name, copies[0], st)
+        one (entered in the table unless `intern` is false). `key` is its origin
+        identity when the caller knows it (an entry it just created)."""
+        if key is None:
+            key = self._key_for(parent, name, copies[0], st)
         ino = self.inodes.number_for(key)
         known = self.inodes.find(ino)
         if known is None:
+            # Stacks of copies repeat (most are one copy in one layer): share them.
+            copies = self._stacks.setdefault(copies, copies)
             node = Node(ino, parent, name, copies, st, key)
             return self.inodes.intern(node) if intern else node
         if known.unlinked or known.copies[0].layer != copies[0].layer:
             # A name the kernel still holds was removed and this entry took its
             # number (a reused backing inode), or it was copied up meanwhile.
             known.parent, known.name, known.unlinked = parent, name, False
-            known.copies, known.st = copies, st
+            known.copies = copies
+            known.set_st(st)
             known.xattr_names = None
         else:
-            known.st = st  # fresher than what the node had: upper entries change
+            known.set_st(st)  # fresher than what the node had: upper entries change
             known.add_link(parent, name)
         return known
 
@@ -262,7 +297,7 @@ class UnionFS:
             self._check_name(name)
             if whiteout.is_reserved_name(name):
                 raise _err(errno.ENOENT)
-            res, st = self.resolve_child(parent, name)
+            res, st = self.resolve_child(parent, name, why=False)
             if st is None:
                 raise _err(errno.ENOENT)
             node = self._node_for(parent, name, res.visible, st)
@@ -393,7 +428,7 @@ class UnionFS:
             self.copy_up(node, "write")
         fd = self._open_node(node, (flags & _OPEN_KEEP) | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._files[fd] = node
-        node.open_fds.add(fd)
+        node.add_fd(fd)
         return fd
 
     def _open_node(self, node: Node, flags: int) -> int:
@@ -419,7 +454,7 @@ class UnionFS:
 
     def release(self, fh: int) -> None:
         node = self._files.pop(fh)
-        node.open_fds.discard(fh)
+        node.discard_fd(fh)
         os.close(fh)
 
     def readlink(self, ino: int) -> bytes:
@@ -471,14 +506,14 @@ class UnionFS:
         if node.copies[0].layer != 0 or self.upper is None:
             return node
         if node.parent is None:
-            node.st = os.fstat(self.layers[0].root_fd)
+            node.set_st(os.fstat(self.layers[0].root_fd))
         elif node.unlinked:
             if node.open_fds:
-                node.st = os.fstat(next(iter(node.open_fds)))
+                node.set_st(os.fstat(node.open_fds[0]))
         else:
             st = io.lstat_at(self.parent_fd(node), node.name)
             if st is not None:
-                node.st = st
+                node.set_st(st)
         return node
 
     def getattr(self, ino: int) -> Node:
@@ -593,14 +628,14 @@ class UnionFS:
             return False
         probe = Node(0, parent.parent, parent.name, tuple(lowers), parent.st)
         probe.ino = parent.ino  # share the directory descriptors cached for it
-        res, _ = self.resolve_child(probe, name)
+        res, _ = self.resolve_child(probe, name, why=False)
         return res.exists
 
     def _existing(self, parent: Node, name: bytes) -> tuple[Resolution, os.stat_result | None]:
         self._check_name(name)
         if whiteout.is_reserved_name(name):
             return Resolution(()), None
-        return self.resolve_child(parent, name)
+        return self.resolve_child(parent, name, why=False)
 
     def _peek(self, parent: Node, name: bytes) -> Node | None:
         """The node for an existing child, without counting a lookup."""
@@ -641,7 +676,7 @@ class UnionFS:
         upper = self._need_upper()
         parent = self.node(parent_ino)
         self._check_new_name(parent, name)
-        res, _ = self.resolve_child(parent, name)
+        res, _ = self.resolve_child(parent, name, why=False)
         if res.exists:
             raise _err(errno.EEXIST)
         pfd = self.upper_dir(parent)
@@ -677,7 +712,9 @@ class UnionFS:
         if is_dir and hides_lower:
             self.events.opaque(path)
         kind = Kind.DIR if is_dir else Kind.NONDIR
-        node = self._node_for(parent, name, (Copy(0, kind),), st)
+        # A new entry has no origin xattr: it is its own origin.
+        key = origin_key(self.layers[0].fsid, st)
+        node = self._node_for(parent, name, (Copy(0, kind),), st, key=key)
         self.inodes.remember(node)
         return node
 
@@ -720,7 +757,7 @@ class UnionFS:
 
         parent = self.node(new_parent_ino)
         self._check_new_name(parent, new_name)
-        res, _ = self.resolve_child(parent, new_name)
+        res, _ = self.resolve_child(parent, new_name, why=False)
         if res.exists:
             raise _err(errno.EEXIST)
         upper = self._need_upper()
@@ -745,10 +782,14 @@ class UnionFS:
 
     # -- removing --------------------------------------------------------------------------
 
-    def unlink(self, parent_ino: int, name: bytes) -> None:
+    def unlink(self, parent_ino: int, name: bytes, victim: Node | None = None) -> None:
+        """Remove a non-directory. `victim` is what `peek` just returned for
+        the same name, when nothing could have changed since (it saves
+        resolving the name a second time)."""
         upper = self._need_upper()
         parent = self.node(parent_ino)
-        victim = self._peek(parent, name)
+        if victim is None:
+            victim = self._peek(parent, name)
         if victim is None:
             raise _err(errno.ENOENT)
         if stat.S_ISDIR(victim.st.st_mode):
@@ -982,7 +1023,7 @@ class CopyUp:
 
     upper: Upper
     node: Node
-    st: os.stat_result
+    st: StatLike
     xattrs: dict[bytes, bytes]
     origin: bytes | None
     reason: str  # what it is recorded as
