@@ -35,6 +35,7 @@ from tests.kernel import (
     mounts_under,
     requires_root_and_fuse,
 )
+from unionfs.runstate import pid_alive
 
 __all__ = ["requires_root_and_fuse"]
 
@@ -90,15 +91,7 @@ def _owner_is_alive(mountpoint: str, root: Path) -> bool:
         pid = int((root / rel.parts[0] / ".lock").read_text().strip())
     except (OSError, ValueError):
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

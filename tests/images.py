@@ -639,7 +639,11 @@ def built_images(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
     """The test images, built once per test run (or taken from the cache).
 
     Call it from a session-scoped fixture; repeated calls return the same set.
+    Where the image tools are missing, the calling test is skipped with the reason.
     """
+    problem = image_tools_problem()
+    if problem is not None:
+        pytest.skip(problem)
     base = tmp_path_factory.getbasetemp()
     if base not in _SETS:
         cache = _cache_dir()

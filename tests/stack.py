@@ -32,6 +32,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Literal, TypeAlias
 
+import pytest
+
 from tests.tree import Node
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "KERNEL_FORMATS",
     "OCI_OPAQUE",
     "OCI_WHITEOUT_PREFIX",
+    "ROOT_FORMATS",
     "UNPREDICTABLE",
     "Device",
     "Dir",
@@ -57,6 +60,7 @@ __all__ = [
     "default_mtime_ns",
     "expected_merge",
     "expected_snapshot",
+    "format_params",
     "kernel_ghosts",
 ]
 
@@ -64,6 +68,23 @@ Format: TypeAlias = Literal["chardev", "xattr", "oci", "user"]
 FORMATS: tuple[Format, ...] = ("chardev", "xattr", "oci", "user")
 #: Formats kernel overlayfs understands ("user" needs the ``userxattr`` mount option).
 KERNEL_FORMATS: tuple[Format, ...] = ("chardev", "xattr", "user")
+#: Formats whose whiteouts need root to write (a char device, trusted.* xattrs).
+ROOT_FORMATS: frozenset[Format] = frozenset({"chardev", "xattr"})
+
+
+def format_params() -> list[object]:
+    """Every format as a pytest parameter, skipped with the reason where it needs
+    root and the tests do not run as root."""
+    return [
+        pytest.param(
+            f,
+            marks=pytest.mark.skipif(
+                f in ROOT_FORMATS and os.geteuid() != 0, reason=f"{f} whiteouts need root"
+            ),
+        )
+        for f in FORMATS
+    ]
+
 
 OCI_WHITEOUT_PREFIX = ".wh."
 OCI_OPAQUE = ".wh..wh..opq"

@@ -22,7 +22,6 @@ from tests import oci
 from tests.kernel import TmpMounts
 from tests.oci import directory, file, whiteout
 from tests.stack import (
-    FORMATS,
     Dir,
     Entry,
     File,
@@ -33,6 +32,7 @@ from tests.stack import (
     Whiteout,
     build_stack,
     expected_merge,
+    format_params,
 )
 from tests.test_store_mount import mount, unionfs
 from unionfs.changes import Change, container_changes
@@ -40,21 +40,6 @@ from unionfs.errors import UnionfsError
 from unionfs.store import Store
 
 Pairs = list[tuple[str, str]]
-
-#: chardev and trusted.* xattrs need root; "user" needs user.* xattrs (ext4, tmpfs).
-ROOT_FORMATS = {"chardev", "xattr"}
-
-
-def _formats() -> list[object]:
-    return [
-        pytest.param(
-            f,
-            marks=pytest.mark.skipif(
-                f in ROOT_FORMATS and os.geteuid() != 0, reason=f"{f} whiteouts need root"
-            ),
-        )
-        for f in FORMATS
-    ]
 
 
 def changes(tmp_path: Path, upper: Layer, lowers: list[Layer], fmt: Format) -> Pairs:
@@ -198,7 +183,7 @@ CASES: list[tuple[str, Layer, list[Layer], Pairs]] = [
 ]
 
 
-@pytest.mark.parametrize("fmt", _formats())
+@pytest.mark.parametrize("fmt", format_params())
 @pytest.mark.parametrize(
     ("upper", "lowers", "expected"),
     [pytest.param(u, lo, e, id=name) for name, u, lo, e in CASES],
@@ -276,7 +261,7 @@ def oracle(upper: Layer, lowers: Sequence[Layer]) -> Pairs:
     return out
 
 
-@pytest.mark.parametrize("fmt", _formats())
+@pytest.mark.parametrize("fmt", format_params())
 def test_changes_match_independent_merge(tmp_path: Path, fmt: Format) -> None:
     rng = random.Random(f"changes-{fmt}")  # noqa: S311 (replayable test data, not secrets)
     for i in range(60):

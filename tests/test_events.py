@@ -22,6 +22,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.cli import run_unionfs
 from tests.kernel import TmpMounts
 from tests.stack import Dir, File, Layer, Symlink, build_stack
 from tests.tree import compare, snapshot
@@ -688,18 +689,7 @@ SIZE = {r: 100 + 37 * i for i, r in enumerate(["write", "truncate", "chmod", "ch
 
 
 def unionfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "unionfs", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"unionfs {' '.join(args)}: {proc.returncode}\n{proc.stderr}")
-    return proc
+    return run_unionfs(*args, check=check, timeout=60)
 
 
 def mount_events(mnt: Path) -> list[dict[str, Any]]:

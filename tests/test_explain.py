@@ -24,7 +24,6 @@ from tests import oci
 from tests.kernel import TmpMounts
 from tests.oci import directory, file, symlink, whiteout
 from tests.stack import (
-    FORMATS,
     Dir,
     Entry,
     File,
@@ -35,6 +34,7 @@ from tests.stack import (
     Whiteout,
     build_stack,
     expected_merge,
+    format_params,
 )
 from tests.test_store_mount import mount
 from unionfs.cli import main
@@ -55,9 +55,6 @@ from unionfs.store import Store, short_id
 from unionfs.upper import Upper
 from unionfs.vfs import UnionFS
 
-#: chardev and trusted.* xattrs need root; "user" needs user.* xattrs (ext4, tmpfs).
-ROOT_FORMATS = {"chardev", "xattr"}
-
 WHITEOUT_FORM = {
     "chardev": "char device 0/0",
     "xattr": "xattr trusted.overlay.whiteout",
@@ -70,18 +67,6 @@ OPAQUE_FORM = {
     "user": "xattr user.overlay.opaque=y",
     "oci": "OCI .wh..wh..opq entry",
 }
-
-
-def _formats() -> list[object]:
-    return [
-        pytest.param(
-            f,
-            marks=pytest.mark.skipif(
-                f in ROOT_FORMATS and os.geteuid() != 0, reason=f"{f} whiteouts need root"
-            ),
-        )
-        for f in FORMATS
-    ]
 
 
 class MakeView(Protocol):
@@ -294,7 +279,7 @@ def test_explain_table(
     assert not exp.unknown
 
 
-@pytest.mark.parametrize("fmt", _formats())
+@pytest.mark.parametrize("fmt", format_params())
 def test_whiteout_and_opaque_forms(view_of: MakeView, fmt: Format) -> None:
     view = view_of(
         [
@@ -622,7 +607,7 @@ def check_stack(view: StackView, stack: Sequence[Layer]) -> None:
         assert only == own | (context - {""}), (index, stack)
 
 
-@pytest.mark.parametrize("fmt", _formats())
+@pytest.mark.parametrize("fmt", format_params())
 def test_random_stacks_match_the_model(tmp_path: Path, fmt: Format) -> None:
     rng = random.Random(f"explain-{fmt}")  # noqa: S311 (replayable test data, not secrets)
     for i in range(80):

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,12 +26,12 @@ from typing import Any
 import pytest
 
 from tests import oci
+from tests.cli import run_unionfs
 from tests.images import (
     APP_TAG,
     ImageSet,
     built_images,
     export,
-    image_tools_problem,
     podman,
     requires_image_tools,
     skopeo,
@@ -119,18 +118,7 @@ def mixed_layers() -> list[Layer]:
 
 def unionfs(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``python -m unionfs --root ROOT ARGS``."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "unionfs", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"unionfs {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}")
-    return proc
+    return run_unionfs(*args, root=root, check=check)
 
 
 def export_cli(root: Path, image: str, fmt: str, dest: Path, *extra: str) -> Path:
@@ -661,9 +649,6 @@ def test_umoci_unpacks_what_the_store_mounts(
 
 @pytest.fixture(scope="module")
 def real_images(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
-    problem = image_tools_problem()
-    if problem is not None:
-        pytest.skip(problem)
     return built_images(tmp_path_factory)
 
 

@@ -18,9 +18,7 @@ import dataclasses
 import json
 import re
 import subprocess
-import sys
 import tarfile
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli import run_unionfs
 from tests.images import (
     APP_TAG,
     BASE_TAG,
@@ -35,7 +34,6 @@ from tests.images import (
     built_images,
     docker_current_archive,
     export,
-    image_tools_problem,
     podman,
     podman_save,
     requires_image_tools,
@@ -70,22 +68,7 @@ UNION_DIFFERS = frozenset({"nlink", "size@dir"})
 
 def unionfs(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``python -m unionfs --root ROOT ARGS``; stdout and stderr together."""
-    # stdout to a file, not a pipe: a mount's daemon keeps what it inherited open
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.run(
-            [sys.executable, "-m", "unionfs", "--root", str(root), *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-            timeout=120,
-            check=False,
-        )
-        out.seek(0)
-        text = out.read()
-    if check and proc.returncode != 0:
-        raise AssertionError(f"unionfs {' '.join(args)}: exit {proc.returncode}\n{text}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, text, "")
+    return run_unionfs(*args, root=root, check=check, merge_stderr=True)
 
 
 def unionfs_json(root: Path, *args: str) -> Any:
@@ -173,9 +156,6 @@ def check_union(
 
 @pytest.fixture(scope="session")
 def images(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
-    problem = image_tools_problem()
-    if problem is not None:
-        pytest.skip(problem)
     return built_images(tmp_path_factory)
 
 

@@ -36,7 +36,6 @@ from tests.images import (
     docker_current_archive,
     export,
     gzip_file,
-    image_tools_problem,
     podman_save,
     requires_image_tools,
     umoci_unpack,
@@ -61,9 +60,6 @@ def sha256(data: bytes) -> str:
 
 @pytest.fixture(scope="session")
 def images(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
-    problem = image_tools_problem()
-    if problem is not None:
-        pytest.skip(problem)
     return built_images(tmp_path_factory)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import oci
+from tests.cli import run_unionfs
 from tests.oci import Layer, directory, file, hardlink, symlink, whiteout
 from unionfs.errors import UnionfsError
 from unionfs.refs import Reference, parse_reference
@@ -54,21 +55,8 @@ UPDATE = Layer(
 APP = Layer(oci.tar_bytes([directory("app"), file("app/main", "print('hi')\n")]))
 
 
-def unionfs(
-    *args: str, root: Path, check: bool = True, **kw: object
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "unionfs", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"unionfs {' '.join(args)}: {proc.returncode}\n{proc.stderr}")
-    return proc
+def unionfs(*args: str, root: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_unionfs(*args, root=root, check=check)
 
 
 @pytest.fixture

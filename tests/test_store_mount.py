@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import oci
+from tests.cli import run_unionfs
 from tests.kernel import TmpMounts, is_mountpoint
 from tests.test_store import APP, BASE, UPDATE
 from tests.tree import compare, snapshot
@@ -21,23 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def unionfs(*args: str, root: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    # stdout/stderr to files: a daemon keeps inherited pipes open
-    out = root.parent / "cmd.out"
-    with open(out, "w+") as f:
-        proc = subprocess.run(
-            [sys.executable, "-m", "unionfs", "--root", str(root), *args],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-        f.seek(0)
-        text = f.read()
-    if check and proc.returncode != 0:
-        raise AssertionError(f"unionfs {' '.join(args)}: {proc.returncode}\n{text}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, text, text)
+    """stdout and stderr together (the error lines are checked in stdout)."""
+    return run_unionfs(*args, root=root, check=check, merge_stderr=True)
 
 
 @pytest.fixture

@@ -194,11 +194,10 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if name not in self.fs.listxattr(inode):
-            # The common answer (`ls -l` asks every entry for two attributes
-            # that are almost never set), without an OSError on the way.
+        value = self.fs.xattr_value(inode, name)
+        if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
-        return self.fs.getxattr(inode, name)
+        return value
 
     @_handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:

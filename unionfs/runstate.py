@@ -103,7 +103,8 @@ def withdraw(state: MountState) -> None:
         os.unlink(state.control)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -123,7 +124,7 @@ def read_state(mountpoint: str | os.PathLike[str]) -> MountState | None:
     except (OSError, ValueError) as e:
         raise UnionfsError(f"{path}: unreadable mount state: {e}") from None
     state = MountState(**data)
-    return state if _alive(state.pid) else None
+    return state if pid_alive(state.pid) else None
 
 
 def find_mount_of(path: str | os.PathLike[str]) -> tuple[MountState, str] | None:

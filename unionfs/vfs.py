@@ -484,20 +484,26 @@ class UnionFS:
         return node.xattr_names
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        if name not in self.listxattr(ino):
+        value = self.xattr_value(ino, name)
+        if value is None:
             raise _err(errno.ENODATA)
+        return value
+
+    def xattr_value(self, ino: int, name: bytes) -> bytes | None:
+        """The attribute's value, or None when it is not set. "Not set" is the
+        common answer (``ls -l`` asks every entry for two attributes that are
+        almost never there): it comes from the cached name list, no syscall and
+        no exception."""
+        if name not in self.listxattr(ino):
+            return None
         stored = whiteout.stored_xattr(name)
         assert stored is not None  # listed names always have a stored form
         node = self.node(ino)
         if node.parent is None:
-            value = io.fd_getxattr(self.dir_fd(node, node.top_layer), stored)
-        elif node.unlinked:
-            value = io.fd_getxattr(next(iter(node.open_fds)), stored) if node.open_fds else None
-        else:
-            value = io.getxattr_at(self.parent_fd(node), node.name, stored)
-        if value is None:
-            raise _err(errno.ENODATA)
-        return value
+            return io.fd_getxattr(self.dir_fd(node, node.top_layer), stored)
+        if node.unlinked:
+            return io.fd_getxattr(next(iter(node.open_fds)), stored) if node.open_fds else None
+        return io.getxattr_at(self.parent_fd(node), node.name, stored)
 
     # -- attributes of changing entries ----------------------------------------------
 
