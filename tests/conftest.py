@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import (
+from tests.support.kernel import (
     REQUIRE_MOUNTS_ENV,
     MountError,
     TmpMounts,
@@ -35,7 +35,7 @@ from tests.kernel import (
     mounts_under,
     requires_root_and_fuse,
 )
-from unionfs.runstate import pid_alive
+from unionfs.fuse.runstate import pid_alive
 
 __all__ = ["requires_root_and_fuse"]
 

@@ -1,0 +1,1 @@
+"""What the tests share: kernel mounts, layer stacks, trees, images, the command line."""

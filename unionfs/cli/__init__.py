@@ -1,0 +1,1 @@
+"""The `unionfs` command: one module per group of commands, and how they print."""

@@ -1,0 +1,15 @@
+"""The filesystem core: the merged view of a layer stack and its writable upper layer.
+
+No FUSE here: every rule of the union (lookup, whiteouts, opaque directories,
+copy-up, inode numbers) lives in these modules, which the unit tests call
+directly, the FUSE adapter (`unionfs.fuse`) translates, and the inspection
+commands (`unionfs.inspect`) reuse.
+
+- `merge`: the merge rules, without I/O.
+- `whiteout`: the whiteout and opaque-directory formats.
+- `layer`: one read-only layer directory and the system calls inside it.
+- `inodes`: the inode table (stable inode numbers, lookup counts).
+- `upper`: the writable upper layer: whiteouts written, copy-up.
+- `events`: the event log and counters of what the filesystem does.
+- `vfs`: `UnionFS`, the merged filesystem's operations.
+"""

@@ -1,0 +1,193 @@
+"""One read-only layer directory and the system calls made inside it.
+
+Every path inside a layer is reached from a directory file descriptor, one
+component at a time, with ``O_NOFOLLOW``: a symlink stored in a layer is
+content to show, never a path for the daemon to follow. Extended attributes of
+a child are read through ``/proc/self/fd/DIRFD/NAME`` with ``lgetxattr``, which
+resolves only the descriptor's magic link and never follows the final name.
+"""
+
+import ctypes
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unionfs.fs import whiteout
+from unionfs.fs.merge import Copy, Kind
+
+NAME_MAX = 255
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MISSING = (errno.ENOENT, errno.ENOTDIR)
+_NO_XATTR = (errno.ENODATA, errno.ENOTSUP, errno.EPERM)
+
+
+@dataclass(eq=False)
+class Layer:
+    """A layer directory opened once; `index` is its position, 0 = top."""
+
+    index: int
+    path: Path
+    root_fd: int = field(repr=False)
+    fsid: int = field(repr=False)
+    dev: int = field(repr=False)
+
+    @classmethod
+    def open(cls, index: int, path: Path) -> "Layer":
+        fd = os.open(path, DIR_FLAGS)
+        st = os.fstat(fd)
+        fsid = os.fstatvfs(fd).f_fsid or st.st_dev
+        return cls(index, path, fd, fsid, st.st_dev)
+
+    def close(self) -> None:
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1
+
+
+def child_path(dirfd: int, name: bytes) -> bytes:
+    """A path naming `name` inside the directory open as `dirfd` (for *xattr calls)."""
+    return b"/proc/self/fd/%d/%s" % (dirfd, name)
+
+
+def lstat_at(dirfd: int, name: bytes) -> os.stat_result | None:
+    """``fstatat(AT_SYMLINK_NOFOLLOW)``; None when the name is absent."""
+    try:
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in _MISSING:
+            return None
+        raise
+
+
+def open_dir_at(dirfd: int, name: bytes) -> int:
+    """Open a subdirectory without following a symlink in its place."""
+    return os.open(name, DIR_FLAGS, dir_fd=dirfd)
+
+
+def getxattr_at(dirfd: int, name: bytes, attr: bytes) -> bytes | None:
+    """An xattr of a child (not following symlinks); None when it is not set."""
+    try:
+        return os.getxattr(child_path(dirfd, name), attr, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in _NO_XATTR:
+            return None
+        raise
+
+
+def listxattr_at(dirfd: int, name: bytes) -> list[bytes]:
+    try:
+        names = os.listxattr(child_path(dirfd, name), follow_symlinks=False)
+    except OSError as e:
+        if e.errno in _NO_XATTR:
+            return []
+        raise
+    return [n.encode("utf-8", "surrogateescape") for n in names]
+
+
+def fd_getxattr(fd: int, attr: bytes) -> bytes | None:
+    try:
+        return os.getxattr(fd, attr)
+    except OSError as e:
+        if e.errno in _NO_XATTR:
+            return None
+        raise
+
+
+def fd_listxattr(fd: int) -> list[bytes]:
+    try:
+        names = os.listxattr(fd)
+    except OSError as e:
+        if e.errno in _NO_XATTR:
+            return []
+        raise
+    return [n.encode("utf-8", "surrogateescape") for n in names]
+
+
+def is_xattr_whiteout(dirfd: int, name: bytes, st: os.stat_result) -> bool:
+    """A zero-size regular file marked with an overlay whiteout xattr."""
+    if not whiteout.may_be_xattr_whiteout(st):
+        return False
+    return any(getxattr_at(dirfd, name, a) is not None for a in whiteout.WHITEOUT_XATTRS)
+
+
+def is_opaque_dir(fd: int) -> bool:
+    """Whether the directory open as `fd` cuts off the layers below it."""
+    for attr in whiteout.OPAQUE_XATTRS:
+        if fd_getxattr(fd, attr) == whiteout.OPAQUE_YES:
+            return True
+    return lstat_at(fd, whiteout.OCI_OPAQUE) is not None
+
+
+_COPIES: dict[tuple[int, Kind], Copy] = {}
+
+
+def copy_of(layer: int, kind: Kind) -> Copy:
+    """The one shared `Copy` for (`layer`, `kind`): copies are immutable, and
+    every node holds some, so they are not made anew for every entry."""
+    copy = _COPIES.get((layer, kind))
+    if copy is None:
+        copy = _COPIES[layer, kind] = Copy(layer, kind)
+    return copy
+
+
+def classify(layer: int, dirfd: int, name: bytes, st: os.stat_result | None) -> Copy:
+    """What a layer holds under `name`, given its lstat (or None when absent).
+
+    The OCI form ``.wh.NAME`` is looked for by the caller (it is a sibling
+    entry, not a property of `NAME` itself).
+    """
+    if st is None:
+        return copy_of(layer, Kind.ABSENT)
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return copy_of(layer, Kind.DIR)
+    if whiteout.is_chardev_whiteout(st) or is_xattr_whiteout(dirfd, name, st):
+        return copy_of(layer, Kind.WHITEOUT)
+    return copy_of(layer, Kind.NONDIR)
+
+
+def observe(
+    layer: int, dirfd: int, name: bytes, *, oci: bool = True
+) -> tuple[Copy, os.stat_result | None]:
+    """Look `name` up in one layer's directory: its classification and lstat.
+
+    With `oci` false an absent name is reported absent without looking for its
+    OCI whiteout ``.wh.NAME`` (for a caller to whom both mean "not there").
+    """
+    st = lstat_at(dirfd, name)
+    if st is None:
+        marker = whiteout.OCI_PREFIX + name
+        if oci and len(marker) <= NAME_MAX and lstat_at(dirfd, marker) is not None:
+            return copy_of(layer, Kind.WHITEOUT), None
+        return copy_of(layer, Kind.ABSENT), None
+    return classify(layer, dirfd, name, st), st
+
+
+def scan_dir(fd: int) -> list[tuple[bytes, os.stat_result]]:
+    """Every entry of an open directory with its lstat, in directory order."""
+    out: list[tuple[bytes, os.stat_result]] = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            out.append((os.fsencode(entry.name), st))
+    return out
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_uint]  # fmt: skip
+_libc.renameat2.restype = ctypes.c_int
+
+
+def renameat2(src_dirfd: int, src: bytes, dst_dirfd: int, dst: bytes, flags: int) -> None:
+    """rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE (glibc's renameat2)."""
+    if _libc.renameat2(src_dirfd, src, dst_dirfd, dst, flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))

@@ -1,0 +1,8 @@
+"""The mount process: a `unionfs.fs.vfs.UnionFS` served through pyfuse3.
+
+- `options`: mount options, in the `--lower` and the `-o lowerdir=` forms.
+- `ops`: the pyfuse3 adapter (`pyfuse3.Operations`): it only translates.
+- `daemon`: mounting, serving in the background, unmounting.
+- `control`: the daemon's control socket (events, stats).
+- `runstate`: what a live mount publishes for the other commands.
+"""

@@ -1,0 +1,1 @@
+"""The embedded image and container store: blobs, layers, images, containers."""
