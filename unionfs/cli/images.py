@@ -15,6 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from unionfs.cli import display
 from unionfs.image.refs import Reference, parse_reference
 from unionfs.inspect.changes import container_changes
+from unionfs.inspect.history import history_rows
 from unionfs.store.store import (
     ImageRecord,
     LayerInfo,
@@ -204,45 +205,6 @@ def inspect_cmd(ctx: click.Context, images: tuple[str, ...]) -> None:
     """Show images as JSON: ID, tags, digests, config, layers, size."""
     store = get_store(ctx)
     display.echo_json([inspect_image(store, store.resolve_image(i)) for i in images])
-
-
-def history_rows(store: Store, image: ImageRecord) -> list[dict[str, Any]]:
-    """Each history step, oldest first, with the layer it made (if any)."""
-    config = store.config(image)
-    history = config.get("history") or []
-    rows: list[dict[str, Any]] = []
-    layer = 0
-    for step in history:
-        empty = bool(step.get("empty_layer"))
-        diff_id = None
-        if not empty and layer < len(image.diff_ids):
-            diff_id = image.diff_ids[layer]
-            layer += 1
-        rows.append(
-            {
-                "created": step.get("created"),
-                "created_by": step.get("created_by", ""),
-                "comment": step.get("comment", ""),
-                "empty_layer": empty,
-                "layer": diff_id,
-                "layer_index": layer if diff_id else None,
-                "size": store.layer_info(diff_id).size if diff_id else 0,
-            }
-        )
-    for diff_id in image.diff_ids[layer:]:  # layers the history does not describe
-        layer += 1
-        rows.append(
-            {
-                "created": None,
-                "created_by": "",
-                "comment": "no history entry",
-                "empty_layer": False,
-                "layer": diff_id,
-                "layer_index": layer,
-                "size": store.layer_info(diff_id).size,
-            }
-        )
-    return rows
 
 
 @click.command("history")

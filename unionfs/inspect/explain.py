@@ -42,7 +42,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from unionfs.cli.images import history_rows
 from unionfs.errors import UnionfsError
 from unionfs.fs import layer as io
 from unionfs.fs import whiteout
@@ -52,6 +51,7 @@ from unionfs.fs.merge import Kind, Resolution, Stop
 from unionfs.fs.upper import ORIGIN_XATTR, unpack_origin
 from unionfs.fs.vfs import UnionFS
 from unionfs.fuse.runstate import MountState
+from unionfs.inspect.history import history_rows
 from unionfs.store.store import ContainerRecord, ImageRecord, Store, short_id
 
 Status = Literal["visible", "merged", "shadowed", "hidden", "whiteout"]
