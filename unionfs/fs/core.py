@@ -1,0 +1,427 @@
+"""The core of `UnionFS`: the state every part shares, and the requests that
+read through the layers.
+
+`Core` holds the layers (top first; with an upper layer, it is layer 0), the
+inode table, the event log, the open files and directory listings, and the
+directory-descriptor cache. It resolves a name across the layers (the merge
+rules, with the I/O they need), gives each entry its node (numbered by its
+origin, so a copy-up keeps the inode number), and serves lookup, forget,
+getattr, open/read/write/fsync/release, readlink and statfs. The other
+concerns are mixins over it, assembled in `unionfs.fs.vfs`: `listing`,
+`copyup`, `writes`, `xattrs`.
+
+Directory descriptors: each lookup needs the parent directory open in every
+layer it merges from. Those descriptors live in a bounded LRU cache keyed by
+(inode, layer); a miss reopens the directory from the nearest cached ancestor,
+one component at a time with ``O_NOFOLLOW``.
+"""
+
+import errno
+import logging
+import os
+import stat
+import struct
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from unionfs.fs import layer as io
+from unionfs.fs import whiteout
+from unionfs.fs.events import EventLog
+from unionfs.fs.inodes import ROOT_INO, InodeTable, Node, OriginKey, StatLike, origin_key
+from unionfs.fs.layer import NAME_MAX, Layer
+from unionfs.fs.merge import Copy, Kind, Resolution, resolve
+from unionfs.fs.upper import ORIGIN_XATTR, Upper, unpack_origin
+
+if TYPE_CHECKING:
+    from unionfs.fs.listing import DirListing
+
+log = logging.getLogger(__name__)
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+# Flags passed on to the layer file; O_APPEND is not: the kernel gives every
+# write its offset (it appends at the size it knows).
+_OPEN_KEEP = os.O_ACCMODE | os.O_TRUNC | os.O_SYNC | os.O_DSYNC
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class DirFdCache:
+    """A bounded LRU of open layer directories, keyed by (inode, layer)."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        if capacity < 4:
+            raise ValueError("capacity must be at least 4")
+        self.capacity = capacity
+        self._fds: OrderedDict[tuple[int, int], int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def get(self, key: tuple[int, int]) -> int | None:
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+        return fd
+
+    def put(self, key: tuple[int, int], fd: int) -> None:
+        old = self._fds.pop(key, None)
+        if old is not None and old != fd:
+            os.close(old)
+        self._fds[key] = fd
+        while len(self._fds) > self.capacity:
+            _, victim = self._fds.popitem(last=False)
+            os.close(victim)
+
+    def discard_inode(self, ino: int, layers: Sequence[int]) -> None:
+        for layer in layers:
+            fd = self._fds.pop((ino, layer), None)
+            if fd is not None:
+                os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+class Core:
+    """The shared state of `UnionFS` and its reading requests; the mixins of
+    the other concerns build on it."""
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        *,
+        upper: Upper | None = None,
+        fd_cache_size: int = 1024,
+        events: EventLog | None = None,
+    ) -> None:
+        """`layers` top first; with `upper`, ``layers[0]`` is its (writable) layer.
+        What the filesystem does (copy-ups, whiteouts, ...) is recorded in
+        `events` (a new `EventLog` when not given)."""
+        if not layers:
+            raise ValueError("at least one layer is needed")
+        if upper is not None and upper.layer is not layers[0]:
+            raise ValueError("the upper layer must be the first layer")
+        self.layers = list(layers)
+        self.upper = upper
+        self.events = events if events is not None else EventLog()
+        self._fds = DirFdCache(fd_cache_size)
+        top = self.layers[0]
+        root_st = os.fstat(top.root_fd)
+        root_copies = tuple(Copy(la.index, Kind.DIR) for la in self.layers)
+        root = Node(ROOT_INO, None, b"", root_copies, root_st, origin_key(top.fsid, root_st))
+        self.inodes = InodeTable(root)
+        self._listings: dict[int, DirListing] = {}
+        self._next_dir_fh = 1
+        self._files: dict[int, Node] = {}  # fh (== the open descriptor) -> its node
+        self._stacks: dict[tuple[Copy, ...], tuple[Copy, ...]] = {}
+
+    @property
+    def writable(self) -> bool:
+        return self.upper is not None
+
+    def close(self) -> None:
+        """Close every descriptor this object holds (the layers stay open)."""
+        self._fds.close()
+        for fd in self._files:
+            os.close(fd)
+        self._files.clear()
+        self._listings.clear()
+
+    # -- paths inside layers -------------------------------------------------
+
+    def dir_fd(self, node: Node, layer: int) -> int:
+        """`node` (a directory) open in `layer`, reopened from a cached ancestor."""
+        if node.parent is None:
+            return self.layers[layer].root_fd
+        fd = self._fds.get((node.ino, layer))
+        if fd is not None:
+            return fd
+        chain: list[Node] = []
+        cur: Node | None = node
+        while cur is not None and cur.parent is not None:
+            cached = self._fds.get((cur.ino, layer))
+            if cached is not None:
+                fd = cached
+                break
+            chain.append(cur)
+            cur = cur.parent
+        else:
+            fd = self.layers[layer].root_fd
+        for step in reversed(chain):
+            fd = io.open_dir_at(fd, step.name)
+            self._fds.put((step.ino, layer), fd)
+        return fd
+
+    def parent_fd(self, node: Node) -> int:
+        """The directory holding `node`'s top copy, open in that copy's layer."""
+        if node.parent is None:
+            raise _err(errno.EINVAL)
+        return self.dir_fd(node.parent, node.top_layer)
+
+    def _attr_target(self, node: Node) -> bytes | int:
+        """A path for the *at-less calls that reaches exactly this upper entry."""
+        if node.parent is None:
+            return self.layers[0].root_fd
+        if node.unlinked:
+            if not node.open_fds:
+                raise _err(errno.ESTALE)
+            return next(iter(node.open_fds))
+        return io.child_path(self.parent_fd(node), node.name)
+
+    # -- lookup ----------------------------------------------------------------
+
+    def _child_is_opaque(self, parent: Node, name: bytes, copy: Copy) -> bool:
+        if copy.layer == parent.copies[-1].layer:
+            return False  # nothing below the bottom layer to cut off
+        fd = io.open_dir_at(self.dir_fd(parent, copy.layer), name)
+        try:
+            return io.is_opaque_dir(fd)
+        finally:
+            os.close(fd)
+
+    def resolve_child(
+        self, parent: Node, name: bytes, *, why: bool = True
+    ) -> tuple[Resolution, os.stat_result | None]:
+        """Apply the merge rules to `name` in `parent`; the top copy's lstat.
+
+        With `why` false the caller wants only what exists: an OCI whiteout in
+        the bottom layer of `parent` hides nothing, so it is not looked for
+        (a lookup of a new name in a directory of one layer costs one lstat).
+        """
+        stats: dict[int, os.stat_result | None] = {}
+        bottom = parent.copies[-1].layer
+
+        def observations() -> Iterator[Copy]:
+            for pc in parent.copies:
+                fd = self.dir_fd(parent, pc.layer)
+                copy, st = io.observe(pc.layer, fd, name, oci=why or pc.layer != bottom)
+                stats[pc.layer] = st
+                yield copy
+
+        res = resolve(observations(), lambda c: self._child_is_opaque(parent, name, c))
+        return res, (stats[res.visible[0].layer] if res.exists else None)
+
+    def _key_for(self, parent: Node, name: bytes, copy: Copy, st: StatLike) -> OriginKey:
+        """The origin identity of an entry: a copied-up upper entry carries its
+        origin's; anything else is its own."""
+        if self.upper is None:
+            return origin_key(self.layers[copy.layer].fsid, st)
+        if copy.layer == 0:
+            own = origin_key(self.layers[0].fsid, st)
+            if self._known_without_origin(parent, name, own):
+                return own
+            recorded = unpack_origin(io.getxattr_at(self.dir_fd(parent, 0), name, ORIGIN_XATTR))
+            if recorded is not None:
+                return recorded
+            return own
+        elif st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            # A lower hard-link group is one file only until one of its names is
+            # written, and FUSE says which inode is opened, not through which
+            # name: on a writable mount each name is an inode of its own, so the
+            # copy-up of one name leaves the others alone (as overlayfs without
+            # index=on).
+            fsid, dev, ino = origin_key(self.layers[copy.layer].fsid, st)
+            return fsid, dev, xxhash.xxh64_intdigest(_pack(parent.key) + name, seed=ino & _U64)
+        return origin_key(self.layers[copy.layer].fsid, st)
+
+    def _known_without_origin(self, parent: Node, name: bytes, own: OriginKey) -> bool:
+        """Whether the table already holds this upper entry (`parent/name`,
+        identity `own`) as one without an origin xattr, so that reading the
+        xattr again can be skipped (`rm -rf` asks for every name it listed).
+
+        A node keyed by its own upper identity was created here or found
+        without an origin; while that file lives, no other entry has its
+        inode number, and a copy-up always writes a new file.
+        """
+        known = self.inodes.find(self.inodes.number_for(own))
+        if known is None or known.unlinked or known.key != own or known.copies[0].layer != 0:
+            return False
+        link = (parent, name)
+        return (known.parent is parent and known.name == name) or link in known.extra_links
+
+    def _node_for(
+        self,
+        parent: Node,
+        name: bytes,
+        copies: tuple[Copy, ...],
+        st: StatLike,
+        *,
+        intern: bool = True,
+        key: OriginKey | None = None,
+    ) -> Node:
+        """The node of an entry: the table's if the kernel knows it, else a new
+        one (entered in the table unless `intern` is false). `key` is its origin
+        identity when the caller knows it (an entry it just created)."""
+        if key is None:
+            key = self._key_for(parent, name, copies[0], st)
+        ino = self.inodes.number_for(key)
+        known = self.inodes.find(ino)
+        if known is None:
+            # Stacks of copies repeat (most are one copy in one layer): share them.
+            copies = self._stacks.setdefault(copies, copies)
+            node = Node(ino, parent, name, copies, st, key)
+            return self.inodes.intern(node) if intern else node
+        if known.unlinked or known.copies[0].layer != copies[0].layer:
+            # A name the kernel still holds was removed and this entry took its
+            # number (a reused backing inode), or it was copied up meanwhile.
+            known.parent, known.name, known.unlinked = parent, name, False
+            known.copies = copies
+            known.set_st(st)
+            known.xattr_names = None
+        else:
+            known.set_st(st)  # fresher than what the node had: upper entries change
+            known.add_link(parent, name)
+        return known
+
+    def _check_name(self, name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        if b"/" in name or b"\0" in name or not name:
+            raise _err(errno.EINVAL)
+
+    def lookup(self, parent_ino: int, name: bytes) -> Node:
+        """Find `name` in a directory and count the lookup the kernel now holds."""
+        parent = self.node(parent_ino)
+        if not stat.S_ISDIR(parent.st.st_mode):
+            raise _err(errno.ENOTDIR)
+        if name == b".":
+            node = parent
+        elif name == b"..":
+            node = parent.parent or parent
+        else:
+            self._check_name(name)
+            if whiteout.is_reserved_name(name):
+                raise _err(errno.ENOENT)
+            res, st = self.resolve_child(parent, name, why=False)
+            if st is None:
+                raise _err(errno.ENOENT)
+            node = self._node_for(parent, name, res.visible, st)
+            self.events.count_lookup(res.visible[0].layer)
+        self.inodes.remember(node)
+        return node
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self.inodes.get(ino)
+        except KeyError:
+            log.warning("request for unknown inode %d", ino)
+            raise _err(errno.ESTALE) from None
+
+    def forget(self, pairs: Sequence[tuple[int, int]]) -> None:
+        for node in self.inodes.forget(pairs):
+            if stat.S_ISDIR(node.st.st_mode):
+                self._fds.discard_inode(node.ino, [c.layer for c in node.copies])
+
+    # -- attributes ------------------------------------------------------------
+
+    @staticmethod
+    def link_count(node: Node) -> int:
+        """A merged directory reports one link, as overlayfs does (counting the
+        subdirectories of every layer would cost a scan of each)."""
+        return 1 if node.is_merged_dir else node.st.st_nlink
+
+    # -- files -------------------------------------------------------------------
+
+    def open(self, ino: int, flags: int) -> int:
+        """Open a regular file; the descriptor is the handle. Opening for
+        writing copies the file up first (unless `copy_up` already did)."""
+        node = self.node(ino)
+        if stat.S_ISDIR(node.st.st_mode):
+            raise _err(errno.EISDIR)
+        if flags & _WRITE_FLAGS:
+            if self.upper is None:
+                raise _err(errno.EROFS)
+            self.copy_up(node, "write")
+        fd = self._open_node(node, (flags & _OPEN_KEEP) | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._files[fd] = node
+        node.add_fd(fd)
+        return fd
+
+    def _open_node(self, node: Node, flags: int) -> int:
+        if node.unlinked:
+            if not node.open_fds:
+                raise _err(errno.ESTALE)
+            # Reopen the file itself: it has no name left.
+            fd = next(iter(node.open_fds))
+            return os.open(f"/proc/self/fd/{fd}", flags & ~os.O_NOFOLLOW)
+        return os.open(node.name, flags, dir_fd=self.parent_fd(node))
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        return os.pread(fh, size, offset)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        return os.pwrite(fh, data, offset)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        if datasync:
+            os.fdatasync(fh)
+        else:
+            os.fsync(fh)
+
+    def fsyncdir(self, ino: int) -> None:
+        node = self.node(ino)
+        if self.upper is not None and node.copies[0].layer == 0:
+            os.fsync(self.dir_fd(node, 0))
+
+    def release(self, fh: int) -> None:
+        node = self._files.pop(fh)
+        node.discard_fd(fh)
+        os.close(fh)
+
+    def readlink(self, ino: int) -> bytes:
+        node = self.node(ino)
+        if not stat.S_ISLNK(node.st.st_mode):
+            raise _err(errno.EINVAL)
+        return os.readlink(node.name, dir_fd=self.parent_fd(node))
+
+    def statfs(self) -> os.statvfs_result:
+        """The filesystem of the upper layer, or of the top layer when read-only."""
+        return os.fstatvfs(self.layers[0].root_fd)
+
+    # -- attributes of changing entries ----------------------------------------------
+
+    def refresh(self, node: Node) -> Node:
+        """Bring `node.st` up to date (entries in the upper layer change)."""
+        if node.copies[0].layer != 0 or self.upper is None:
+            return node
+        if node.parent is None:
+            node.set_st(os.fstat(self.layers[0].root_fd))
+        elif node.unlinked:
+            if node.open_fds:
+                node.set_st(os.fstat(node.open_fds[0]))
+        else:
+            st = io.lstat_at(self.parent_fd(node), node.name)
+            if st is not None:
+                node.set_st(st)
+        return node
+
+    def getattr(self, ino: int) -> Node:
+        return self.refresh(self.node(ino))
+
+    if TYPE_CHECKING:
+        # `CopyUps` (unionfs.fs.copyup) has it: opening for writing copies up.
+        def copy_up(self, node: Node, reason: str) -> None: ...
+
+
+_U64 = (1 << 64) - 1
+
+
+def mount_path(node: Node, name: bytes = b"") -> str:
+    """Where `node` (or its child `name`) is in the mount: ``/etc/motd``."""
+    parts = [name] if name else []
+    cur: Node | None = node
+    while cur is not None and cur.parent is not None:
+        parts.append(cur.name)
+        cur = cur.parent
+    return "/" + os.fsdecode(b"/".join(reversed(parts)))
+
+
+def _pack(key: OriginKey) -> bytes:
+    return struct.pack("<QQQ", *key)

@@ -1,0 +1,91 @@
+"""Extended attributes of `UnionFS`: listing, reading, setting, removing.
+
+The overlay's own bookkeeping attributes (origins, opacity) never show through
+the mount; a ``trusted.overlay.X`` set through the mount is stored escaped, as
+overlayfs does for nested overlays (`unionfs.fs.whiteout`). The visible names
+of an entry are cached in its node until it changes. Setting or removing copies
+the entry up first; removing a name a lower entry lacks fails before any
+copy-up, as overlayfs.
+"""
+
+import errno
+import os
+
+from unionfs.fs import layer as io
+from unionfs.fs import whiteout
+from unionfs.fs.copyup import CopyUps
+from unionfs.fs.core import _err
+
+
+class Xattrs(CopyUps):
+    """The xattr requests."""
+
+    def listxattr(self, ino: int) -> tuple[bytes, ...]:
+        """Visible xattr names (overlay bookkeeping hidden), cached per node."""
+        node = self.node(ino)
+        if node.xattr_names is None:
+            if node.parent is None:
+                raw = io.fd_listxattr(self.dir_fd(node, node.top_layer))
+            elif node.unlinked:
+                raw = io.fd_listxattr(next(iter(node.open_fds))) if node.open_fds else []
+            else:
+                raw = io.listxattr_at(self.parent_fd(node), node.name)
+            visible = (whiteout.visible_xattr(n) for n in raw)
+            node.xattr_names = tuple(n for n in visible if n is not None)
+        return node.xattr_names
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        value = self.xattr_value(ino, name)
+        if value is None:
+            raise _err(errno.ENODATA)
+        return value
+
+    def xattr_value(self, ino: int, name: bytes) -> bytes | None:
+        """The attribute's value, or None when it is not set. "Not set" is the
+        common answer (``ls -l`` asks every entry for two attributes that are
+        almost never there): it comes from the cached name list, no syscall and
+        no exception."""
+        if name not in self.listxattr(ino):
+            return None
+        stored = whiteout.stored_xattr(name)
+        assert stored is not None  # listed names always have a stored form
+        node = self.node(ino)
+        if node.parent is None:
+            return io.fd_getxattr(self.dir_fd(node, node.top_layer), stored)
+        if node.unlinked:
+            return io.fd_getxattr(next(iter(node.open_fds)), stored) if node.open_fds else None
+        return io.getxattr_at(self.parent_fd(node), node.name, stored)
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        stored = whiteout.stored_xattr(name)
+        if stored is None:
+            raise _err(errno.EPERM)
+        node = self.node(ino)
+        self._need_upper()
+        self.copy_up(node, "setxattr")
+        target = self._attr_target(node)
+        try:
+            os.setxattr(target, stored, value, flags, follow_symlinks=isinstance(target, int))
+        finally:
+            node.xattr_names = None
+
+    def check_removable(self, ino: int, name: bytes) -> None:
+        """ENODATA for removing an attribute a lower entry lacks, before (and
+        instead of) its copy-up, as overlayfs."""
+        if self.needs_copy_up(self.node(ino)) and name not in self.listxattr(ino):
+            raise _err(errno.ENODATA)
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        """As overlayfs: a missing name fails before any copy-up."""
+        stored = whiteout.stored_xattr(name)
+        if stored is None:
+            raise _err(errno.ENODATA)
+        node = self.node(ino)
+        self._need_upper()
+        self.check_removable(ino, name)
+        self.copy_up(node, "removexattr")
+        target = self._attr_target(node)
+        try:
+            os.removexattr(target, stored, follow_symlinks=isinstance(target, int))
+        finally:
+            node.xattr_names = None
