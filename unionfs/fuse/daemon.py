@@ -11,7 +11,6 @@ import faulthandler
 import logging
 import logging.handlers
 import os
-import re
 import resource
 import shutil
 import signal
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
@@ -32,51 +30,13 @@ from unionfs.fs.upper import Upper
 from unionfs.fs.vfs import UnionFS
 from unionfs.fuse import runstate
 from unionfs.fuse.control import ControlServer
+from unionfs.fuse.mounttab import FSTYPE, find_mount
 from unionfs.fuse.ops import Operations
 from unionfs.fuse.options import MountConfig
 
 log = logging.getLogger(__name__)
 
-FSTYPE = "fuse.unionfs"
 SUBTYPE = "unionfs"
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    mountpoint: str
-    fstype: str
-    source: str
-
-
-def _unescape_mountinfo(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mounts() -> list[MountEntry]:
-    """The mount table of this process's namespace."""
-    entries = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if len(fields) < 5 or len(rfields) < 2:
-                continue
-            entries.append(
-                MountEntry(
-                    _unescape_mountinfo(fields[4]), rfields[0], _unescape_mountinfo(rfields[1])
-                )
-            )
-    return entries
-
-
-def find_mount(path: Path) -> MountEntry | None:
-    """The topmost mount whose mount point is exactly `path` (resolved)."""
-    target = os.path.realpath(path)
-    found = None
-    for entry in mounts():
-        if entry.mountpoint == target:
-            found = entry
-    return found
 
 
 # -- checks -------------------------------------------------------------------

@@ -1,0 +1,173 @@
+"""Layers: each unpacked once into ``layers/<hex>/diff/``, keyed by its diff_id.
+
+A layer is unpacked from its blob (`unionfs.image.unpack`) in a staging dir,
+checked against its digest and diff_id, and renamed into place with its
+``layer.json``; its blob is kept in the content store for export and commit.
+``layers/<hex>.lock`` lets one process unpack a layer while another importing
+the same layer waits, then finds it in place. What an import reports as it
+goes is an `ImportReport`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from unionfs.errors import UnionfsError
+from unionfs.image.decompress import detect_compression
+from unionfs.image.sources import SourceLayer
+from unionfs.image.unpack import unpack_layer
+from unionfs.store.base import StoreBase
+from unionfs.store.files import HashingReader, read_json, write_json_atomic
+from unionfs.store.records import (
+    LAYER_SUFFIX,
+    OCI_LAYER,
+    SHA256,
+    LayerBlob,
+    LayerInfo,
+    hex_of,
+    now_rfc3339,
+    short_id,
+)
+
+# -- import progress ----------------------------------------------------------
+
+
+class ImportReport(Protocol):
+    """What an import tells the person running it."""
+
+    def layer_start(self, index: int, count: int, diff_id: str, size: int | None) -> None: ...
+    def layer_progress(self, done: int) -> None: ...
+    def layer_done(self, diff_id: str, *, reused: bool, info: LayerInfo) -> None: ...
+    def warning(self, text: str) -> None: ...
+
+
+class QuietReport:
+    def layer_start(self, index: int, count: int, diff_id: str, size: int | None) -> None:
+        pass
+
+    def layer_progress(self, done: int) -> None:
+        pass
+
+    def layer_done(self, diff_id: str, *, reused: bool, info: LayerInfo) -> None:
+        pass
+
+    def warning(self, text: str) -> None:
+        pass
+
+
+class LayersMixin(StoreBase):
+    """Unpacked layers: reading, importing, and stacking them for a mount."""
+
+    def layer_info(self, diff_id: str) -> LayerInfo:
+        d = read_json(self.layers_dir / hex_of(diff_id) / "layer.json")
+        return LayerInfo(d["diff_id"], d["size"], d["entries"], d["compression"], d["unpacked"])
+
+    def layer_ids(self) -> list[str]:
+        if not self.layers_dir.is_dir():
+            return []
+        return [
+            SHA256 + p.name
+            for p in sorted(self.layers_dir.iterdir())
+            if p.is_dir() and (p / "layer.json").exists()
+        ]
+
+    def lowers(self, diff_ids: tuple[str, ...]) -> list[Path]:
+        """Layer dirs, top first, as a mount takes them."""
+        paths = [self.layer_path(d) for d in reversed(diff_ids)]
+        for p in paths:
+            if not p.is_dir():
+                raise UnionfsError(f"layer {p.parent.name[:12]} is missing from the store")
+        return paths
+
+    def _import_layer(self, layer: SourceLayer, report: ImportReport) -> LayerBlob:
+        """Unpack one layer unless the store has it; keep its blob for export."""
+        layer_dir = self.layers_dir / hex_of(layer.diff_id)
+        with self.locked():
+            pass  # creates the store and clears leftovers before the first layer
+        lock_fd = os.open(
+            self.layers_dir / f"{hex_of(layer.diff_id)}.lock",
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            # One unpacker per layer: a concurrent import of the same layer waits here
+            # and then finds it in place.
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            have_layer = (layer_dir / "layer.json").exists()
+            if have_layer and layer.digest is not None and self.blob_path(layer.digest).exists():
+                info = self.layer_info(layer.diff_id)
+                report.layer_done(layer.diff_id, reused=True, info=info)
+                blob = self.blob_path(layer.digest)
+                return LayerBlob(
+                    layer.diff_id,
+                    layer.digest,
+                    self._layer_media_type(blob, detect_compression),
+                    blob.stat().st_size,
+                )
+            with self.staging("layer") as stage:
+                blob_tmp = stage / "blob"
+                with layer.open() as raw, open(blob_tmp, "wb") as copy:
+                    reader = HashingReader(raw, copy)
+                    if have_layer:
+                        reader.drain()  # only the blob is missing (another compression)
+                        digest = reader.digest
+                        diff_id_ok = True
+                        info = self.layer_info(layer.diff_id)
+                    else:
+                        (stage / "layer" / "diff").mkdir(parents=True)
+                        result = unpack_layer(
+                            reader,
+                            stage / "layer" / "diff",
+                            expected_digest=layer.digest,
+                            expected_diff_id=layer.diff_id,
+                            progress=report.layer_progress,
+                        )
+                        for w in result.warnings:
+                            report.warning(w)
+                        digest = result.digest
+                        diff_id_ok = result.diff_id == layer.diff_id
+                        info = LayerInfo(
+                            layer.diff_id,
+                            result.size,
+                            result.entries,
+                            result.compression,
+                            now_rfc3339(),
+                        )
+                        write_json_atomic(
+                            stage / "layer" / "layer.json",
+                            {
+                                "diff_id": info.diff_id,
+                                "size": info.size,
+                                "entries": info.entries,
+                                "compression": info.compression,
+                                "unpacked": info.unpacked,
+                            },
+                        )
+                if layer.digest is not None and digest != layer.digest:
+                    raise UnionfsError(
+                        f"layer {short_id(layer.diff_id)}: blob digest mismatch: expected "
+                        f"{layer.digest}, got {digest}"
+                    )
+                if not diff_id_ok:
+                    raise UnionfsError(f"layer {short_id(layer.diff_id)}: diff_id mismatch")
+                media_type = self._layer_media_type(blob_tmp, detect_compression)
+                size = blob_tmp.stat().st_size
+                with self.locked():
+                    if not self.blob_path(digest).exists():
+                        os.rename(blob_tmp, self.blob_path(digest))
+                    if not have_layer:
+                        os.rename(stage / "layer", layer_dir)
+            report.layer_done(layer.diff_id, reused=have_layer, info=info)
+            return LayerBlob(layer.diff_id, digest, media_type, size)
+        finally:
+            os.close(lock_fd)
+
+    @staticmethod
+    def _layer_media_type(blob: Path, detect: Callable[[bytes], str]) -> str:
+        with open(blob, "rb") as f:
+            head = f.read(8)
+        return OCI_LAYER + LAYER_SUFFIX[detect(head)]
