@@ -41,8 +41,8 @@ from tests.support.images import (
     umoci_unpack,
 )
 from unionfs.errors import UnionfsError
+from unionfs.image.sourcefiles import NOT_RECOGNISED
 from unionfs.image.sources import (
-    NOT_RECOGNISED,
     OCI_INDEX,
     OCI_MANIFEST,
     SourceImage,

@@ -28,13 +28,9 @@ import zstandard
 
 from unionfs.fs import layer
 from unionfs.fs.merge import Kind
-from unionfs.image.unpack import (
-    LayerError,
-    UnpackResult,
-    WhiteoutForm,
-    detect_compression,
-    unpack_layer,
-)
+from unionfs.image.decompress import detect_compression
+from unionfs.image.extract import WhiteoutForm
+from unionfs.image.unpack import LayerError, UnpackResult, unpack_layer
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")

@@ -41,9 +41,11 @@ from tests.support.kernel import TmpMounts, is_mountpoint
 from tests.support.oci import Entry, Layer, directory, file, hardlink, symlink, whiteout
 from tests.support.tree import Node, compare, render, snapshot
 from unionfs.errors import UnionfsError
-from unionfs.image.export import FORMATS, _TarWriter, chain_ids, export_image
 from unionfs.image.refs import Reference
-from unionfs.store.store import ImageRecord, Store
+from unionfs.image.tarwriter import TarWriter
+from unionfs.store.export import FORMATS, chain_ids, export_image
+from unionfs.store.records import ImageRecord
+from unionfs.store.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -381,7 +383,7 @@ def test_docker_archive_layout(images: Images, tmp_path: Path) -> None:
 def test_tar_headers_of_huge_layers() -> None:
     """A layer tar of 8 GiB or more does not fit ustar's size field: its header
     takes the base-256 form (GNU), still one block, which tar readers accept."""
-    writer = _TarWriter(io.BytesIO())
+    writer = TarWriter(io.BytesIO())
     for size in (0, 5, (8 << 30) - 1, 9 << 30, 1 << 40):
         header = writer._header("x/layer.tar", tarfile.REGTYPE, size)
         assert len(header) == tarfile.BLOCKSIZE

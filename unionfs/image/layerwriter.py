@@ -74,7 +74,7 @@ from unionfs.fs.layer import (
     listxattr_at,
     lstat_at,
 )
-from unionfs.image.unpack import Compression
+from unionfs.image.decompress import Compression
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,9 @@ Four forms, told apart by their content, never by the file name:
 * an OCI image layout directory (``oci-layout``, ``index.json``, ``blobs/``);
 * an oci-archive: a tar of an OCI image layout.
 
-An archive may itself be gzip- or zstd-compressed (``docker save | gzip``): the
-outer compression is found by its magic bytes. Tar archives are read in place: the
-member table is read once, and each blob is then read straight out of the archive
-(``pread`` on the one descriptor, so readers are independent of each other and of
-the thread that made them); nothing is extracted to disk. In a compressed archive a
-reader decompresses from the start up to its member, so reading N layers costs up
-to N passes over the archive: the price of not writing a decompressed copy.
+How the files of a directory or a (possibly compressed) tar are reached, read in
+place and kept from leaving the source is `unionfs.image.sourcefiles`; this
+module reads the documents in them and finds the images.
 
 What is verified here: every JSON document's shape, the digests of index-named
 manifests and of configs, that each layer blob is present (and of its declared
@@ -28,28 +24,25 @@ reader of :attr:`SourceLayer.open` hashes what it reads and compares with
 
 from __future__ import annotations
 
-import abc
 import contextlib
-import gzip
 import hashlib
-import io
 import json
 import logging
-import os
 import platform
-import posixpath
 import re
-import stat
-import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
-
-import zstandard
+from typing import Any, BinaryIO
 
 from unionfs.errors import UnionfsError
+from unionfs.image.sourcefiles import (
+    NOT_RECOGNISED,
+    SourceBlob,
+    SourceFiles,
+    archive_name,
+    open_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +62,10 @@ ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 # they describe an image, they are not one.
 ANNOTATION_REFERENCE_TYPE = "vnd.docker.reference.type"
 
-NOT_RECOGNISED = "is not a docker save archive, an OCI layout or an oci-archive"
-
-_JSON_LIMIT = 64 << 20  # manifests, indexes and configs are small; refuse memory bombs
 _NESTING_LIMIT = 4  # index -> index -> ... -> manifest
-_LINK_LIMIT = 32  # links followed inside an archive before calling it a loop
-_READ_BUFFER = 256 << 10
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _BLOB_PATH_RE = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _CONFIG_PATH_RE = re.compile(r"^([0-9a-f]{64})\.json$")
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 # Go's GOARCH names, as image platforms use them.
 _ARCHITECTURES = {
@@ -150,300 +136,21 @@ def open_image_source(path: Path) -> Iterator[list[SourceImage]]:
     layers' readers work until the context ends. Raises :class:`UnionfsError` with
     one line for anything that makes the source unusable.
     """
-    with _open_files(path) as files:
+    with open_files(path) as files:
         yield _read_images(files)
-
-
-# --------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class _Blob:
-    """A regular file inside a source: its size and how to read it."""
-
-    name: str
-    size: int
-    open: Callable[[], contextlib.AbstractContextManager[BinaryIO]]
-
-
-class _Files(abc.ABC):
-    """The files of a source (a directory or a tar), named by relative POSIX paths."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.closed = False
-
-    @abc.abstractmethod
-    def find(self, name: str) -> _Blob | None:
-        """The regular file called `name` (links followed, inside the source only)."""
-
-    def close(self) -> None:
-        self.closed = True
-
-    def check_open(self) -> None:
-        if self.closed:
-            raise ValueError(f"image source {self.label} is closed")
-
-    def read(self, name: str, what: str) -> bytes:
-        """All bytes of a small file; `what` names it in errors."""
-        blob = self.find(name)
-        if blob is None:
-            raise UnionfsError(f"{self.label}: {what} is missing")
-        if blob.size > _JSON_LIMIT:
-            raise UnionfsError(f"{self.label}: {what} is too large ({blob.size} bytes)")
-        with blob.open() as f:
-            return f.read()
-
-
-class _DirFiles(_Files):
-    """An unpacked layout: files are read from the directory, never outside it."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(str(root))
-        self.root = root
-        self.real_root = os.path.realpath(root)
-
-    def find(self, name: str) -> _Blob | None:
-        self.check_open()
-        path = os.path.join(self.root, name)
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, self.real_root]) != self.real_root:
-            raise UnionfsError(f"{self.label}: {name} is a link that leads outside the layout")
-        try:
-            st = os.stat(real)
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise UnionfsError(f"{self.label}: cannot read {name}: {e.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-
-        @contextlib.contextmanager
-        def opener() -> Iterator[BinaryIO]:
-            self.check_open()
-            with open(real, "rb") as f:
-                yield f
-
-        return _Blob(name, st.st_size, opener)
-
-
-class _TarFiles(_Files):
-    """A tar archive, plain or with gzip/zstd outer compression, read in place."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        super().__init__(str(path))
-        self.fd = fd
-        self.file_size = os.fstat(fd).st_size
-        self.compression = _outer_compression(os.pread(fd, 4, 0))
-        self.members: dict[str, tarfile.TarInfo] = {}
-        with self._stream() as stream:
-            try:
-                archive = tarfile.TarFile(fileobj=stream)
-                for info in archive:
-                    name = _archive_name(info.name)
-                    if name is not None:
-                        self.members[name] = info  # the last entry of a name wins, as in tar
-            except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError) as e:
-                if not self.members:
-                    raise UnionfsError(f"{self.label} {NOT_RECOGNISED}") from None
-                raise UnionfsError(f"{self.label}: damaged archive: {e}") from None
-
-    @contextlib.contextmanager
-    def _stream(self) -> Iterator[BinaryIO]:
-        """The archive's tar bytes from the start: decompressed if need be."""
-        raw = io.BufferedReader(_PreadRaw(self, 0, self.file_size), _READ_BUFFER)
-        if self.compression == "gzip":
-            with gzip.GzipFile(fileobj=raw, mode="rb") as g:
-                yield cast(BinaryIO, g)  # a seekable binary reader
-        elif self.compression == "zstd":
-            dctx = zstandard.ZstdDecompressor()
-            with dctx.stream_reader(raw, read_across_frames=True, closefd=False) as z:
-                yield z  # a binary reader that seeks forward
-        else:
-            yield raw
-
-    def find(self, name: str) -> _Blob | None:
-        self.check_open()
-        info = self._resolve(name)
-        if info is None:
-            return None
-        size = info.size
-        offset = info.offset_data
-        if self.compression is None and offset + size > self.file_size:
-            raise UnionfsError(f"{self.label}: {name} is cut short (the archive is truncated)")
-
-        @contextlib.contextmanager
-        def opener() -> Iterator[BinaryIO]:
-            self.check_open()
-            if self.compression is None:
-                yield io.BufferedReader(_PreadRaw(self, offset, size), _READ_BUFFER)
-                return
-            with self._stream() as stream:
-                try:
-                    stream.seek(offset)
-                except (EOFError, OSError, zlib.error, zstandard.ZstdError) as e:
-                    raise UnionfsError(f"{self.label}: damaged archive: {e}") from None
-                yield io.BufferedReader(_SectionRaw(self, stream, size, name), _READ_BUFFER)
-
-        return _Blob(name, size, opener)
-
-    def _resolve(self, name: str) -> tarfile.TarInfo | None:
-        """The regular-file member `name` stands for, following symlinks and hard
-        links inside the archive only (docker writes repeated layers as symlinks)."""
-        for _ in range(_LINK_LIMIT):
-            info = self.members.get(name)
-            if info is None:
-                return None
-            if info.issym():
-                target = posixpath.join(posixpath.dirname(name), info.linkname)
-            elif info.islnk():
-                target = info.linkname
-            elif info.isreg() and not info.issparse():
-                return info
-            else:
-                return None
-            resolved = _archive_name(target)
-            if resolved is None:
-                raise UnionfsError(
-                    f"{self.label}: {name} links to {info.linkname!r}, outside the archive"
-                )
-            name = resolved
-        raise UnionfsError(f"{self.label}: {name} is part of a link loop")
-
-    def close(self) -> None:
-        if not self.closed:
-            super().close()
-            os.close(self.fd)
-
-
-class _PreadRaw(io.RawIOBase):
-    """Bytes ``[start, start + size)`` of the archive, read with ``pread`` at this
-    reader's own position: readers never disturb one another."""
-
-    def __init__(self, files: _TarFiles, start: int, size: int) -> None:
-        super().__init__()
-        self.files = files
-        self.start = start
-        self.size = size
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        self.files.check_open()
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self.size - self.pos)
-        if want <= 0:
-            return 0
-        n = os.preadv(self.files.fd, [view[:want]], self.start + self.pos)
-        if n == 0:
-            raise UnionfsError(f"{self.files.label}: unexpected end of the archive")
-        self.pos += n
-        return n
-
-
-class _SectionRaw(io.RawIOBase):
-    """The next `size` bytes of a decompressing stream (a member of a compressed
-    archive); a stream that ends early is a damaged archive."""
-
-    def __init__(self, files: _TarFiles, stream: BinaryIO, size: int, name: str) -> None:
-        super().__init__()
-        self.files = files
-        self.stream = stream
-        self.left = size
-        self.name = name
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        self.files.check_open()
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self.left)
-        if want <= 0:
-            return 0
-        try:
-            data = self.stream.read(want)
-        except (EOFError, OSError, zlib.error, zstandard.ZstdError) as e:
-            raise UnionfsError(f"{self.files.label}: damaged archive: {e}") from None
-        if not data:
-            raise UnionfsError(f"{self.files.label}: {self.name} is cut short")
-        view[: len(data)] = data
-        self.left -= len(data)
-        return len(data)
-
-
-def _outer_compression(head: bytes) -> str | None:
-    if head.startswith(_GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
-        return "zstd"
-    return None
-
-
-def _archive_name(name: str) -> str | None:
-    """A member path in canonical form (``./a//b/`` -> ``a/b``); None for paths that
-    are absolute or climb out of the archive, which nothing may refer to."""
-    if not name or name.startswith("/") or "\0" in name:
-        return None
-    norm = posixpath.normpath(name)
-    if norm in (".", "..") or norm.startswith("../"):
-        return None
-    return norm
-
-
-@contextlib.contextmanager
-def _open_files(path: Path) -> Iterator[_Files]:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UnionfsError(f"{path}: no such file or directory") from None
-    except OSError as e:
-        raise UnionfsError(f"cannot read {path}: {e.strerror}") from None
-    files: _Files
-    if stat.S_ISDIR(st.st_mode):
-        files = _DirFiles(path)
-    elif stat.S_ISREG(st.st_mode):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise UnionfsError(f"cannot read {path}: {e.strerror}") from None
-        try:
-            files = _TarFiles(path, fd)
-        except BaseException:
-            os.close(fd)
-            raise
-    else:
-        raise UnionfsError(f"{path} {NOT_RECOGNISED}")
-    try:
-        yield files
-    finally:
-        files.close()
 
 
 # --------------------------------------------------------------------------- JSON
 
 
-def _parse_json(files: _Files, data: bytes, what: str) -> Any:
+def _parse_json(files: SourceFiles, data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise UnionfsError(f"{files.label}: {what} is not valid JSON: {e}") from None
 
 
-def _malformed(files: _Files, what: str, problem: str) -> UnionfsError:
+def _malformed(files: SourceFiles, what: str, problem: str) -> UnionfsError:
     return UnionfsError(f"{files.label}: malformed {what}: {problem}")
 
 
@@ -471,7 +178,7 @@ class _Descriptor:
         return "/".join(parts)
 
 
-def _descriptor(files: _Files, value: Any, what: str) -> _Descriptor:
+def _descriptor(files: SourceFiles, value: Any, what: str) -> _Descriptor:
     if not isinstance(value, dict):
         raise _malformed(files, what, "a descriptor is not an object")
     digest = value.get("digest")
@@ -496,7 +203,7 @@ def _descriptor(files: _Files, value: Any, what: str) -> _Descriptor:
     return _Descriptor(media_type, digest, size, annotations, plat)
 
 
-def _read_blob(files: _Files, desc: _Descriptor, what: str) -> bytes:
+def _read_blob(files: SourceFiles, desc: _Descriptor, what: str) -> bytes:
     """A small blob named by a descriptor, verified against its digest."""
     data = files.read(desc.blob_name, f"{what} blob {desc.digest}")
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -513,7 +220,7 @@ def _read_blob(files: _Files, desc: _Descriptor, what: str) -> bytes:
     return data
 
 
-def _diff_ids(files: _Files, config: bytes, what: str) -> list[str]:
+def _diff_ids(files: SourceFiles, config: bytes, what: str) -> list[str]:
     doc = _parse_json(files, config, what)
     rootfs = doc.get("rootfs") if isinstance(doc, dict) else None
     diff_ids = rootfs.get("diff_ids", []) if isinstance(rootfs, dict) else None
@@ -533,7 +240,7 @@ class _LayerRef:
     digest: str | None
     media_type: str
     size: int | None
-    blob: _Blob
+    blob: SourceBlob
 
 
 @dataclass
@@ -550,7 +257,7 @@ class _Candidate:
     names: list[str] = field(default_factory=list)
 
 
-def _read_images(files: _Files) -> list[SourceImage]:
+def _read_images(files: SourceFiles) -> list[SourceImage]:
     has_index = files.find("index.json") is not None
     has_docker_manifest = files.find("manifest.json") is not None
     if not has_index and not has_docker_manifest:
@@ -569,7 +276,7 @@ def _read_images(files: _Files) -> list[SourceImage]:
     return images
 
 
-def _assemble(files: _Files, group: list[_Candidate]) -> SourceImage:
+def _assemble(files: SourceFiles, group: list[_Candidate]) -> SourceImage:
     """One image from every description of it: the OCI manifest if it lists all
     layers, else manifest.json (docker 25.0.0 wrote OCI manifests without layers)."""
     names = [n for c in group if c.from_docker_manifest for n in c.names]
@@ -596,7 +303,7 @@ def _assemble(files: _Files, group: list[_Candidate]) -> SourceImage:
     )
 
 
-def _oci_candidates(files: _Files) -> list[_Candidate]:
+def _oci_candidates(files: SourceFiles) -> list[_Candidate]:
     index = _parse_json(files, files.read("index.json", "index.json"), "index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise _malformed(files, "index.json", "no manifests list")
@@ -620,7 +327,7 @@ def _oci_candidates(files: _Files) -> list[_Candidate]:
     return out
 
 
-def _image_manifest(files: _Files, desc: _Descriptor, depth: int) -> _Descriptor | None:
+def _image_manifest(files: SourceFiles, desc: _Descriptor, depth: int) -> _Descriptor | None:
     """The image manifest `desc` leads to: itself, or the host platform's entry of
     the index it names. None for things that are not images."""
     kind = desc.media_type
@@ -663,7 +370,7 @@ def _image_manifest(files: _Files, desc: _Descriptor, depth: int) -> _Descriptor
     return _image_manifest(files, (present or matching)[0], depth + 1)
 
 
-def _oci_candidate(files: _Files, desc: _Descriptor) -> _Candidate | None:
+def _oci_candidate(files: SourceFiles, desc: _Descriptor) -> _Candidate | None:
     manifest = _read_blob(files, desc, "manifest")
     what = f"manifest {desc.digest}"
     doc = _parse_json(files, manifest, what)
@@ -709,17 +416,17 @@ def _oci_candidate(files: _Files, desc: _Descriptor) -> _Candidate | None:
     )
 
 
-def _source_path(files: _Files, value: Any, what: str) -> str:
+def _source_path(files: SourceFiles, value: Any, what: str) -> str:
     """A path named in manifest.json, in canonical form; never one that leaves."""
     if not isinstance(value, str) or not value:
         raise _malformed(files, "manifest.json", f"{what} is not a path")
-    name = _archive_name(value)
+    name = archive_name(value)
     if name is None:
         raise UnionfsError(f"{files.label}: manifest.json names a path outside it: {value!r}")
     return name
 
 
-def _docker_candidates(files: _Files) -> list[_Candidate]:
+def _docker_candidates(files: SourceFiles) -> list[_Candidate]:
     items = _parse_json(files, files.read("manifest.json", "manifest.json"), "manifest.json")
     if not isinstance(items, list):
         raise _malformed(files, "manifest.json", "not a list")
