@@ -26,7 +26,15 @@ from tests.support.cli import run_unionfs
 from tests.support.kernel import TmpMounts
 from tests.support.stack import Dir, File, Layer, Symlink, build_stack
 from tests.support.tree import compare, snapshot
-from unionfs.cli.events import duration, format_event, format_stats, printable, uptime
+from unionfs.cli.events import (
+    duration,
+    format_event,
+    format_stats,
+    layer_of,
+    named_layers,
+    printable,
+    uptime,
+)
 from unionfs.errors import UnionfsError
 from unionfs.fs.events import (
     KINDS,
@@ -38,6 +46,7 @@ from unionfs.fs.events import (
     file_type,
     loads,
     setattr_reason,
+    whiteout_form,
 )
 from unionfs.fs.inodes import ROOT_INO, Node
 from unionfs.fs.layer import Layer as FsLayer
@@ -45,6 +54,7 @@ from unionfs.fs.upper import Upper
 from unionfs.fs.vfs import UnionFS
 from unionfs.fuse import control, runstate
 from unionfs.fuse.control import ControlServer
+from unionfs.inspect.stack import Stack, StackLayer, dir_stack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +93,7 @@ def test_events_carry_seq_time_and_their_fields() -> None:
             "seconds": 0.0004,
         },
         {"time": "2023-11-14T22:13:21.250+00:00", "seq": 2, "event": "whiteout",
-         "path": "/etc/old", "form": "chardev"},
+         "path": "/etc/old", "form": "char device 0/0"},
         {"time": "2023-11-14T22:13:21.250+00:00", "seq": 3, "event": "opaque",
          "path": "/var/cache"},
         {"time": "2023-11-14T22:13:21.250+00:00", "seq": 4, "event": "create",
@@ -103,8 +113,9 @@ def test_each_kind_has_its_recorder() -> None:
     log.copy_up("/a", "write", layer=1, data=True, nbytes=1, seconds=0.0)
     log.whiteout("/b", "oci")
     log.opaque("/c")
-    log.create("/d", "dir")
+    log.create("/d", "directory")
     assert tuple(e["event"] for e in log.buffered()) == KINDS
+    assert log.buffered()[1].get("form") == "OCI .wh.b entry"  # as `unionfs explain` says
 
 
 def test_the_ring_keeps_the_newest_and_since_skips_the_seen() -> None:
@@ -206,11 +217,20 @@ def test_setattr_reason(fields: dict[str, bool], reason: str) -> None:
 
 
 def test_file_types() -> None:
+    """The words `unionfs explain` and `tree` use too."""
     assert file_type(stat.S_IFREG | 0o644) == "file"
-    assert file_type(stat.S_IFDIR) == "dir"
+    assert file_type(stat.S_IFDIR) == "directory"
     assert file_type(stat.S_IFLNK) == "symlink"
     assert file_type(stat.S_IFIFO) == "fifo"
-    assert file_type(stat.S_IFCHR) == "chardev"
+    assert file_type(stat.S_IFSOCK) == "socket"
+    assert file_type(stat.S_IFCHR) == "char device"
+    assert file_type(stat.S_IFBLK) == "block device"
+
+
+def test_whiteout_forms() -> None:
+    assert whiteout_form("chardev", "old") == "char device 0/0"
+    assert whiteout_form("oci", "old") == "OCI .wh.old entry"
+    assert whiteout_form("trusted.overlay.whiteout", "old") == "xattr trusted.overlay.whiteout"
 
 
 def test_json_lines_round_trip_names_that_are_not_utf8() -> None:
@@ -232,6 +252,17 @@ def test_json_lines_round_trip_names_that_are_not_utf8() -> None:
 
 # --------------------------------------------------------------------------- for a person
 
+#: The daemon's stack of a container: index 0 its upper layer, 1 and 2 its
+#: image's layers (2 = the bottom: ``layer 1``).
+CONTAINER = Stack(
+    (
+        StackLayer(0, Path("/up"), "upper", "the upper layer", "the container's upper layer"),
+        StackLayer(1, Path("/l2"), "2", "layer 2", "layer 2 of 2 (sha256:2222)"),
+        StackLayer(2, Path("/l1"), "1", "layer 1", "layer 1 of 2 (sha256:1111)"),
+    ),
+    "container c (app:1)",
+)
+
 
 def at(offset: float, **fields: Any) -> Event:
     """An event `offset` seconds after 2024-05-01 22:14:03 UTC."""
@@ -246,14 +277,15 @@ def at(offset: float, **fields: Any) -> Event:
         (
             at(0, event="copy-up", path="/etc/motd", reason="write", layer=2, data=True,
                bytes=1234, seconds=0.0004),
-            "22:14:03 copy-up   /etc/motd  (write, 1.23kB in 0.4 ms, from layer 2)",
+            "22:14:03 copy-up   /etc/motd  (write, 1.23kB in 0.4 ms, from layer 1)",
         ),
         (
             at(1, event="copy-up", path="/etc", reason="parent", layer=1, data=False,
                bytes=0, seconds=0.25),
-            "22:14:04 copy-up   /etc  (parent, 250 ms, from layer 1)",
+            "22:14:04 copy-up   /etc  (parent, 250 ms, from layer 2)",
         ),
-        (at(0, event="whiteout", path="/a b", form="oci"), "22:14:03 whiteout  /a b  (oci)"),
+        (at(0, event="whiteout", path="/a b", form="OCI .wh.a b entry"),
+         "22:14:03 whiteout  /a b  (OCI .wh.a b entry)"),
         (at(0, event="opaque", path="/var/x"), "22:14:03 opaque    /var/x"),
         (at(0, event="create", path="/n", type="symlink"), "22:14:03 create    /n  (symlink)"),
         (at(0, event="dropped", count=12),
@@ -261,7 +293,29 @@ def at(offset: float, **fields: Any) -> Event:
     ],
 )  # fmt: skip
 def test_format_event(event: Event, line: str) -> None:
-    assert format_event(event, dt.UTC) == line
+    assert format_event(event, CONTAINER, dt.UTC) == line
+
+
+def test_layers_are_named_as_tree_names_them() -> None:
+    """The daemon's indexes (top first) become `unionfs tree`'s keys, in JSON as in text."""
+    log = EventLog()
+    log.copy_up("/f", "write", layer=2, data=True, nbytes=1, seconds=0.0)
+    log.count_lookup(0)
+    log.count_lookup(1)
+    [event] = log.buffered()
+    assert named_layers(event, CONTAINER)["layer"] == "1"
+    assert event["layer"] == 2  # the daemon's own is left alone
+    stats = named_layers(log.stats(["/up", "/l2", "/l1"]), CONTAINER)
+    assert stats["lookups"] == [
+        {"layer": "upper", "path": "/up", "answered": 1},
+        {"layer": "2", "path": "/l2", "answered": 1},
+        {"layer": "1", "path": "/l1", "answered": 0},
+    ]
+    plain = dir_stack([Path("/top"), Path("/bottom")], Path("/up"))
+    assert [layer_of(plain, i).key for i in range(3)] == ["upper", "2", "1"]
+    assert layer_of(plain, 1).short == "lower 2"
+    with pytest.raises(UnionfsError, match="a layer 3 that"):
+        layer_of(plain, 3)
 
 
 def test_durations_and_uptimes() -> None:
@@ -283,16 +337,16 @@ def test_format_stats_names_every_counter() -> None:
     log.copy_up("/f", "write", layer=1, data=True, nbytes=2000, seconds=0.001)
     log.whiteout("/g", "oci")
     stats = {"mountpoint": "/mnt", "pid": 42} | log.stats(["/up", "/low"])
-    text = format_stats(stats)
+    text = format_stats(stats, dir_stack([Path("/low")], Path("/up")))
     assert "Mount:       /mnt (pid 42, up 0s)" in text
     assert "Requests:    3" in text
     assert text.index("lookup") < text.index("open")
     assert "Copy-ups:    1 (2kB of data in 1.0 ms; write 1)" in text
     assert "Whiteouts:   1" in text
     assert [
-        line.split() for line in text.splitlines() if line.strip().startswith(("0 ", "1 "))
+        line.split() for line in text.splitlines() if line.strip().startswith(("upper ", "1 "))
     ] == [
-        ["0", "0", "/up"],
+        ["upper", "0", "/up"],
         ["1", "1", "/low"],
     ]
 
@@ -410,7 +464,7 @@ def test_link_and_rename_record_what_they_leave(core: Core) -> None:
         ("copy-up", "/files/a", "link", 2, True, 100),
         ("create", "/files/a2", "hardlink"),
         ("copy-up", "/files/b", "rename", 2, True, 101),
-        ("whiteout", "/files/b", "chardev"),
+        ("whiteout", "/files/b", "char device 0/0"),
     ]
     assert b.name == b"b2"
 
@@ -429,7 +483,7 @@ def test_unlink_of_a_lower_file_records_one_whiteout(core: Core) -> None:
     core.fs.unlink(core.walk("etc").ino, b"hosts")
     assert core.events() == [
         ("copy-up", "/etc", "parent", 1, False, 0),
-        ("whiteout", "/etc/hosts", "chardev"),
+        ("whiteout", "/etc/hosts", "char device 0/0"),
     ]
     assert core.fs.events.whiteouts == 1
 
@@ -443,9 +497,9 @@ def test_removing_and_recreating_a_lower_dir_makes_it_opaque(core: Core) -> None
     assert core.events() == [
         ("copy-up", "/var", "parent", 1, False, 0),
         ("copy-up", "/var/lib", "parent", 2, False, 0),
-        ("whiteout", "/var/lib/db", "chardev"),
-        ("whiteout", "/var/lib", "chardev"),
-        ("create", "/var/lib", "dir"),
+        ("whiteout", "/var/lib/db", "char device 0/0"),
+        ("whiteout", "/var/lib", "char device 0/0"),
+        ("create", "/var/lib", "directory"),
         ("opaque", "/var/lib"),
     ]
     assert (core.fs.events.opaque_dirs, core.fs.events.creates) == (1, 1)
@@ -473,7 +527,7 @@ def test_oci_whiteouts_are_named_so(tmp_path: Path) -> None:
     try:
         fs.unlink(ROOT_INO, b"f")
         assert [(e.get("event"), e.get("form")) for e in fs.events.buffered()] == [
-            ("whiteout", "oci")
+            ("whiteout", "OCI .wh.f entry")
         ]
     finally:
         fs.close()
@@ -573,12 +627,12 @@ async def test_a_follower_gets_new_events_and_leaving_unsubscribes(sock_path: st
         assert [e["path"] for e in await read_lines(s, 1)] == ["/old"]
         await trio.testing.wait_all_tasks_blocked()
         assert log.listeners == 1
-        log.create("/new", "dir")
+        log.create("/new", "directory")
         [event] = await read_lines(s, 1)
         assert (event["event"], event["path"], event["type"], event["seq"]) == (
             "create",
             "/new",
-            "dir",
+            "directory",
             2,
         )
         await s.aclose()
@@ -734,8 +788,8 @@ def test_every_copy_up_trigger_through_the_kernel(
     os.rename(f / "rename", f / "renamed")
     copy_ups = [e for e in mount_events(mnt) if e["event"] == "copy-up"]
     assert [(e["path"], e["reason"], e["layer"], e["data"], e["bytes"]) for e in copy_ups] == [
-        ("/files", "parent", 2, False, 0),
-        *((f"/files/{r}", "utimens" if r == "touch" else r, 2, True, SIZE[r]) for r in SIZE),
+        ("/files", "parent", "1", False, 0),  # lower 1: the bottom layer, as `tree` says
+        *((f"/files/{r}", "utimens" if r == "touch" else r, "1", True, SIZE[r]) for r in SIZE),
     ]
     events = mount_events(mnt)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -759,7 +813,7 @@ def test_deleting_and_recreating_lower_entries(
     os.unlink(mnt / "etc/hosts")
     assert [(e["event"], e["path"], e.get("form")) for e in mount_events(mnt)] == [
         ("copy-up", "/etc", None),
-        ("whiteout", "/etc/hosts", "chardev"),
+        ("whiteout", "/etc/hosts", "char device 0/0"),
     ]
     subprocess.run(["rm", "-r", str(mnt / "tree")], check=True)
     os.mkdir(mnt / "tree")
@@ -774,7 +828,9 @@ def test_deleting_and_recreating_lower_entries(
         "/tree/sub/b",
     ]
     assert [e["path"] for e in later if e["event"] == "opaque"] == ["/tree"]
-    assert [(e["path"], e["type"]) for e in later if e["event"] == "create"] == [("/tree", "dir")]
+    assert [(e["path"], e["type"]) for e in later if e["event"] == "create"] == [
+        ("/tree", "directory")
+    ]
     assert mount_stats(mnt)["opaque_dirs"] == 1
 
 
@@ -799,6 +855,7 @@ def test_lookups_per_layer(tmp_mounts: TmpMounts, lowers: list[Path], tmp_path: 
     ]
     assert answered == [4, 7, 3]
     assert [la["path"] for la in after["lookups"]] == [str(upper), *map(str, lowers)]
+    assert [la["layer"] for la in after["lookups"]] == ["upper", "2", "1"]  # as `tree` says
     assert after["requests"]["lookup"] - before["requests"].get("lookup", 0) == len(names)
 
 
@@ -857,10 +914,10 @@ def test_events_for_a_person(tmp_mounts: TmpMounts, lowers: list[Path], tmp_path
     took = r"[\d.]+ m?s"  # a duration: not predictable
     assert len(lines) == 2
     assert re.fullmatch(
-        rf"\d\d:\d\d:\d\d copy-up   /etc  \(parent, {took}, from lower 1\)", lines[0]
+        rf"\d\d:\d\d:\d\d copy-up   /etc  \(parent, {took}, from lower 2\)", lines[0]
     )
     assert re.fullmatch(
-        rf"\d\d:\d\d:\d\d copy-up   /etc/hosts  \(chmod, 6B in {took}, from lower 2\)", lines[1]
+        rf"\d\d:\d\d:\d\d copy-up   /etc/hosts  \(chmod, 6B in {took}, from lower 1\)", lines[1]
     )
     text = unionfs("stats", str(mnt)).stdout
     assert "Copy-ups:    2 " in text

@@ -44,16 +44,11 @@ from unionfs.fs.upper import Upper
 from unionfs.fs.vfs import UnionFS
 from unionfs.fuse.runstate import MountState
 from unionfs.image.refs import parse_reference
-from unionfs.inspect.explain import (
-    Cause,
-    Explanation,
-    StackView,
-    TreeEntry,
-    dir_stack,
-    mount_stack,
-    split_path,
-)
-from unionfs.store.store import Store, short_id
+from unionfs.inspect.answers import Cause, Explanation, TreeEntry
+from unionfs.inspect.stack import dir_stack, mount_stack
+from unionfs.inspect.view import StackView, split_path
+from unionfs.store.records import short_id
+from unionfs.store.store import Store
 
 WHITEOUT_FORM = {
     "chardev": "char device 0/0",
@@ -293,7 +288,7 @@ def test_whiteout_and_opaque_forms(view_of: MakeView, fmt: Format) -> None:
     form = WHITEOUT_FORM[fmt].format(name="old")
     assert old.copies[0].form == form
     assert old.reason == Cause("whiteout", 0, "/etc/old", form)
-    assert explanation_text(old).splitlines()[1] == f"  hidden by the whiteout in lower 1 ({form})"
+    assert explanation_text(old).splitlines()[1] == f"  hidden by the whiteout in lower 2 ({form})"
 
     d = view.explain("/d")
     assert d.copies[0].opaque == OPAQUE_FORM[fmt]
@@ -323,12 +318,12 @@ def test_parents_explain_their_children(view_of: MakeView) -> None:
     assert explanation_text(exp).splitlines()[:2] == [
         "/a/b/c: not in the merged view",
         "  /a is not in the merged view: its directory in lower 2 is hidden by the whiteout "
-        "in lower 1 (OCI .wh.a entry)",
+        "in lower 3 (OCI .wh.a entry)",
     ]
     under_file = view.explain("/f/x")
     assert under_file.blocked is not None
     assert (under_file.blocked.status, under_file.blocked.layer) == ("nondir", 0)
-    assert "/f is a file from lower 1: nothing can be under it" in explanation_text(under_file)
+    assert "/f is a file from lower 3: nothing can be under it" in explanation_text(under_file)
     # a parent no layer has: nothing to explain, the command's error
     nowhere = view.explain("/nowhere/x")
     assert nowhere.unknown
@@ -393,26 +388,26 @@ def test_explanation_text(tmp_path: Path) -> None:
         link = view.explain("/link")
     assert _plain(explanation_text(motd), dirs) == (
         "/etc/motd: file, mode 0644 (-rw-r--r--), owner 0:0, 4 bytes\n"
-        "  from lower 1 of 3 (DIR0)\n"
+        "  from lower 3 of 3 (DIR0)\n"
         "  layers that hold /etc/motd, top first:\n"
-        "    lower 1 of 3 (DIR0)\n"
+        "    lower 3 of 3 (DIR0)\n"
         "      file 0644, 4 bytes: visible\n"
         "    lower 2 of 3 (DIR1)\n"
-        "      file 0600, 7 bytes: shadowed by the copy in lower 1\n"
-        "    lower 3 of 3 (DIR2)\n"
-        "      file 0644, 7 bytes: shadowed by the copy in lower 1"
+        "      file 0600, 7 bytes: shadowed by the copy in lower 3\n"
+        "    lower 1 of 3 (DIR2)\n"
+        "      file 0644, 7 bytes: shadowed by the copy in lower 3"
     )
     assert _plain(explanation_text(old), dirs) == (
         "/etc/old: not in the merged view\n"
-        "  hidden by the whiteout in lower 1 (OCI .wh.old entry)\n"
+        "  hidden by the whiteout in lower 3 (OCI .wh.old entry)\n"
         "  layers that hold /etc/old, top first:\n"
-        "    lower 1 of 3 (DIR0)\n"
+        "    lower 3 of 3 (DIR0)\n"
         "      whiteout (OCI .wh.old entry): hides the copies below\n"
-        "    lower 3 of 3 (DIR2)\n"
-        "      file 0644, 1 byte: hidden by the whiteout in lower 1 (OCI .wh.old entry)"
+        "    lower 1 of 3 (DIR2)\n"
+        "      file 0644, 1 byte: hidden by the whiteout in lower 3 (OCI .wh.old entry)"
     )
     assert _plain(explanation_text(srv_x), dirs).splitlines()[-2:] == [
-        "    lower 3 of 3 (DIR2)",
+        "    lower 1 of 3 (DIR2)",
         "      directory 0755: shadowed by the copy in lower 2",
     ]
     assert explanation_text(link).splitlines()[0] == "/link: symlink -> etc/motd, owner 0:0"
@@ -433,44 +428,44 @@ def test_tree_text(tmp_path: Path) -> None:
         shallow = _render(view.tree("/", depth=1), view)
     legend = (
         "3 layer dirs: layers, top first\n"
-        "  [1] lower 1 of 3 (DIR0)\n"
+        "  [3] lower 3 of 3 (DIR0)\n"
         "  [2] lower 2 of 3 (DIR1)\n"
-        "  [3] lower 3 of 3 (DIR2)\n"
+        "  [1] lower 1 of 3 (DIR2)\n"
         "\n"
     )
     assert _plain(plain, dirs) == legend + (
-        "/  [1+2+3]\n"
-        "├── etc/  [1+2+3]\n"
-        "│   └── motd  [1]\n"
-        "├── link -> etc/motd  [1]\n"
-        "├── opt/  [1]\n"
-        "│   └── new  [1]\n"
-        "└── srv/  [2+3]\n"
+        "/  [3+2+1]\n"
+        "├── etc/  [3+2+1]\n"
+        "│   └── motd  [3]\n"
+        "├── link -> etc/motd  [3]\n"
+        "├── opt/  [3]\n"
+        "│   └── new  [3]\n"
+        "└── srv/  [2+1]\n"
         "    └── x  [2]\n"
     )
     assert _plain(hidden, dirs) == legend + (
-        "/  [1+2+3]\n"
-        "├── etc/  [1+2+3]\n"
-        "│   ├── motd  [1]\n"
-        "│   └── old  [3] hidden by the whiteout in lower 1 (OCI .wh.old entry)\n"
-        "├── link -> etc/motd  [1]\n"
-        "├── opt/  [1] opaque in lower 1\n"
-        "│   ├── app/  [3] cut off by the opaque directory /opt in lower 1 "
+        "/  [3+2+1]\n"
+        "├── etc/  [3+2+1]\n"
+        "│   ├── motd  [3]\n"
+        "│   └── old  [1] hidden by the whiteout in lower 3 (OCI .wh.old entry)\n"
+        "├── link -> etc/motd  [3]\n"
+        "├── opt/  [3] opaque in lower 3\n"
+        "│   ├── app/  [1] cut off by the opaque directory /opt in lower 3 "
         "(OCI .wh..wh..opq entry)\n"
-        "│   └── new  [1]\n"
-        "└── srv/  [2+3]\n"
+        "│   └── new  [3]\n"
+        "└── srv/  [2+1]\n"
         "    └── x  [2]\n"
     )
     assert _plain(only, dirs) == legend + (
-        "/  [1+2+3]\n"
-        "├── etc/  [1+2+3]\n"
-        "│   └── motd  [1]\n"
-        "├── link -> etc/motd  [1]\n"
-        "└── opt/  [1]\n"
-        "    └── new  [1]\n"
+        "/  [3+2+1]\n"
+        "├── etc/  [3+2+1]\n"
+        "│   └── motd  [3]\n"
+        "├── link -> etc/motd  [3]\n"
+        "└── opt/  [3]\n"
+        "    └── new  [3]\n"
     )
     assert _plain(shallow, dirs) == legend + (
-        "/  [1+2+3]\n├── etc/  [1+2+3]\n├── link -> etc/motd  [1]\n├── opt/  [1]\n└── srv/  [2+3]\n"
+        "/  [3+2+1]\n├── etc/  [3+2+1]\n├── link -> etc/motd  [3]\n├── opt/  [3]\n└── srv/  [2+1]\n"
     )
 
 
@@ -768,8 +763,8 @@ def test_a_mount_of_store_layers_is_named_as_the_store_names_them(store: Store) 
         assert stack.has_upper
     plain = mount_stack(state([lowers[0], "/elsewhere"], None))
     assert [la.label for la in plain.layers] == [
-        f"lower 1 of 2 ({lowers[0]})",
-        "lower 2 of 2 (/elsewhere)",
+        f"lower 2 of 2 ({lowers[0]})",
+        "lower 1 of 2 (/elsewhere)",
     ]
     assert plain.what == "the mount on /mnt/x"
 
@@ -884,7 +879,7 @@ def test_explain_a_plain_lower_mount(
         0,
         "hidden",
         "whiteout",
-        "1",
+        "3",
     )
     _, out, _ = run(unused, capsys, "explain", str(mnt / "srv/x"))
     assert out.splitlines()[:2] == [
@@ -892,10 +887,10 @@ def test_explain_a_plain_lower_mount(
         f"  from lower 2 of 3 ({dirs[1]})",
     ]
     _, out, _ = run(unused, capsys, "explain", str(mnt))
-    assert out.splitlines()[2] == "  a merged directory: lower 1, lower 2, lower 3 (top first)"
+    assert out.splitlines()[2] == "  a merged directory: lower 3, lower 2, lower 1 (top first)"
     _, out, _ = run(unused, capsys, "tree", str(mnt / "opt"), "--show-hidden")
     assert out.splitlines()[-3:] == [
-        "/opt/  [1] opaque in lower 1",
-        f"├── app/  [3] cut off by the opaque directory /opt in lower 1 ({OPAQUE_FORM[fmt]})",
-        "└── new  [1]",
+        "/opt/  [3] opaque in lower 3",
+        f"├── app/  [1] cut off by the opaque directory /opt in lower 3 ({OPAQUE_FORM[fmt]})",
+        "└── new  [3]",
     ]

@@ -3,9 +3,15 @@ mount is doing to its upper layer, from its daemon's control socket.
 
 ``events`` prints copy-ups, whiteouts, opaque directories and created entries
 as they happen (first the ones the daemon kept, up to `events.RING_SIZE`), one
-line each; ``--json`` prints the daemon's JSON lines as they are. ``stats``
-prints the daemon's counters. Both only read: nothing in the mount, its layers
-or its kernel caches changes because they ran.
+line each; ``--json`` prints them as JSON lines. ``stats`` prints the daemon's
+counters. Both only read: nothing in the mount, its layers or its kernel caches
+changes because they ran.
+
+The daemon counts layers by their index in its stack (0 = the top, the upper
+layer of a writable mount). Both commands name every layer as `unionfs tree`
+and `unionfs explain` do instead, with the mount's `Stack` (`mount_stack`):
+``upper``, or the layer's number counted from the bottom (``layer 4``,
+``lower 1``); `layer_of` is the one place that translates, for text and JSON.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import contextlib
 import datetime as dt
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +28,10 @@ import click
 
 from unionfs.cli.display import echo_json, human_size, table
 from unionfs.errors import UnionfsError
-from unionfs.fs.events import Event, as_event, parse_time
+from unionfs.fs.events import Event, as_event, dumps, parse_time
 from unionfs.fuse import control, runstate
-from unionfs.fuse.daemon import FSTYPE, find_mount
-from unionfs.inspect.explain import mount_stack
+from unionfs.fuse.mounttab import FSTYPE, find_mount
+from unionfs.inspect.stack import Stack, StackLayer, mount_stack
 
 EXIT_INTERRUPTED = 130  # as a shell reports a program ended by SIGINT
 
@@ -65,16 +71,36 @@ def uptime(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def format_event(
-    event: Event, tz: dt.tzinfo | None = None, layer_name: Callable[[int], str] | None = None
-) -> str:
+def layer_of(stack: Stack, index: int) -> StackLayer:
+    """The layer the daemon calls `index` (its position in the daemon's stack,
+    top first). Every layer the daemon names reaches the user through here, to
+    be shown by its `StackLayer.key` (``upper``, or its number from the bottom)
+    or, in a sentence, its `StackLayer.short` (``layer 4``, ``lower 1``)."""
+    if not 0 <= index < len(stack.layers):
+        raise UnionfsError(f"the daemon named a layer {index} that {stack.what} does not have")
+    return stack.layer(index)
+
+
+def named_layers(answer: Mapping[str, Any], stack: Stack) -> dict[str, Any]:
+    """An event or the counters as the daemon sent them, each layer index
+    replaced by the layer's key (`layer_of`): what ``--json`` prints."""
+    out = dict(answer)
+    if isinstance(out.get("layer"), int):
+        out["layer"] = layer_of(stack, out["layer"]).key
+    if isinstance(out.get("lookups"), list):
+        out["lookups"] = [
+            {**row, "layer": layer_of(stack, row["layer"]).key} for row in out["lookups"]
+        ]
+    return out
+
+
+def format_event(event: Event, stack: Stack, tz: dt.tzinfo | None = None) -> str:
     """One line for a person, at local time (or in `tz`)::
 
     22:14:03 copy-up   /etc/motd  (write, 1.23kB in 0.4 ms, from layer 2)
 
-    `layer_name` names a layer by its index in the stack (as `unionfs explain`
-    and `tree` name it: ``layer 3`` of a store image counts from the bottom);
-    without it, the index is shown."""
+    `event` is as the daemon sent it; `stack`, the mount's, names its layer as
+    `unionfs explain` and `tree` name it (`layer_of`)."""
     when = parse_time(event["time"]).astimezone(tz).strftime("%H:%M:%S")
     kind = event["event"]
     path = printable(event.get("path", ""))
@@ -82,11 +108,7 @@ def format_event(
         took = duration(event.get("seconds", 0.0))
         what = f"{human_size(event.get('bytes', 0))} in {took}" if event.get("data") else took
         index = event.get("layer")
-        source = (
-            f"from {layer_name(index)}"
-            if layer_name is not None and index is not None
-            else f"from layer {index if index is not None else '?'}"
-        )
+        source = f"from {layer_of(stack, index).short}" if index is not None else "from layer ?"
         detail = f"{event.get('reason', '?')}, {what}, {source}"
     elif kind == "whiteout":
         detail = event.get("form", "")
@@ -99,8 +121,9 @@ def format_event(
     return f"{when} {kind:<9} {path}" + (f"  ({detail})" if detail else "")
 
 
-def format_stats(stats: Mapping[str, Any]) -> str:
-    """The daemon's counters for a person."""
+def format_stats(stats: Mapping[str, Any], stack: Stack) -> str:
+    """The daemon's counters for a person; `stack`, the mount's, names the
+    layers (`layer_of`), top first as `unionfs tree`'s legend lists them."""
     requests: dict[str, int] = stats["requests"]
     total = sum(requests.values())
     lines = [
@@ -127,7 +150,8 @@ def format_stats(stats: Mapping[str, Any]) -> str:
         "Lookups answered, by the layer of the copy found:",
     ]
     rows = [
-        [str(la["layer"]), str(la["answered"]), printable(la["path"])] for la in stats["lookups"]
+        [layer_of(stack, la["layer"]).key, str(la["answered"]), printable(la["path"])]
+        for la in stats["lookups"]
     ]
     lines += ["  " + line for line in table(["LAYER", "LOOKUPS", "PATH"], rows).splitlines()]
     lines.append(
@@ -140,11 +164,12 @@ def format_stats(stats: Mapping[str, Any]) -> str:
 # -- talking to the daemon -------------------------------------------------------------------
 
 
-def _socket_of(mountpoint: Path) -> str:
-    """The control socket of the unionfs mount at `mountpoint`, or a clear error."""
+def _daemon_of(mountpoint: Path) -> tuple[str, Stack]:
+    """The control socket of the unionfs mount at `mountpoint` and the mount's
+    layers as `unionfs tree` names them, or a clear error."""
     state = runstate.read_state(mountpoint)
     if state is not None:
-        return state.control
+        return state.control, mount_stack(state)
     if not mountpoint.is_dir():
         raise UnionfsError(f"{mountpoint}: no such directory")
     entry = find_mount(mountpoint)
@@ -156,16 +181,6 @@ def _socket_of(mountpoint: Path) -> str:
         f"{mountpoint} is a unionfs mount, but its daemon left no state in "
         f"{runstate.run_dir()} (another user's mount?)"
     )
-
-
-def _layer_names(mountpoint: Path) -> Callable[[int], str] | None:
-    """How `explain` and `tree` name the layers of this mount, by stack index."""
-    state = runstate.read_state(mountpoint)
-    if state is None:
-        return None
-    stack = mount_stack(state)
-    names = {la.index: la.short for la in stack.layers}
-    return lambda index: names.get(index, f"layer index {index}")
 
 
 @contextlib.contextmanager
@@ -182,7 +197,7 @@ def _quiet_exit() -> Iterator[None]:
 
 
 @click.command("events")
-@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON lines as they are.")
+@click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON line.")
 @click.option("--no-follow", is_flag=True, help="Print the events the daemon kept, then exit.")
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 def events_cmd(mountpoint: Path, as_json: bool, no_follow: bool) -> None:
@@ -191,20 +206,19 @@ def events_cmd(mountpoint: Path, as_json: bool, no_follow: bool) -> None:
     First come the most recent events the daemon kept; then, until Ctrl-C,
     every new one.
     """
-    path = _socket_of(mountpoint)
-    layer_name = _layer_names(mountpoint)
+    path, stack = _daemon_of(mountpoint)
     request = {"op": "events", "follow": not no_follow, "since": 0}
     with _quiet_exit():
-        for line, obj in control.query(path, str(mountpoint), request, follow=not no_follow):
-            if as_json:
-                sys.stdout.buffer.write(line)
-                sys.stdout.buffer.flush()
-                continue
+        for _, obj in control.query(path, str(mountpoint), request, follow=not no_follow):
             try:
                 event = as_event(obj)
             except ValueError:
                 raise UnionfsError(f"the daemon of {mountpoint} sent something else") from None
-            click.echo(format_event(event, layer_name=layer_name))
+            if as_json:
+                sys.stdout.buffer.write(dumps(named_layers(event, stack)))
+                sys.stdout.buffer.flush()
+                continue
+            click.echo(format_event(event, stack))
     if not no_follow:
         click.echo(f"unionfs: the mount on {mountpoint} ended", err=True)
 
@@ -215,13 +229,13 @@ def events_cmd(mountpoint: Path, as_json: bool, no_follow: bool) -> None:
 def stats_cmd(mountpoint: Path, as_json: bool) -> None:
     """Show what a live mount has done: requests by type, copy-ups, whiteouts,
     lookups answered by each layer."""
-    path = _socket_of(mountpoint)
+    path, stack = _daemon_of(mountpoint)
     with _quiet_exit():
         answers = list(control.query(path, str(mountpoint), {"op": "stats"}))
         if len(answers) != 1:
             raise UnionfsError(f"the daemon of {mountpoint} sent {len(answers)} answers, not 1")
         stats = answers[0][1]
         if as_json:
-            echo_json(stats)
+            echo_json(named_layers(stats, stack))
         else:
-            click.echo(format_stats(stats))
+            click.echo(format_stats(stats, stack))

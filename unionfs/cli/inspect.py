@@ -1,8 +1,9 @@
 """``unionfs explain`` and ``unionfs tree``: why every file of a merged view is where it is.
 
 Both read a live mount's layers (found through its published state, see
-`unionfs.runstate`) or a store's image or container without mounting it; the
-answers come from `unionfs.explain`, which asks the mount's own merge code.
+`unionfs.fuse.runstate`) or a store's image or container without mounting it; the
+answers come from `unionfs.inspect.view`, which asks the mount's own merge code,
+and name layers as `unionfs.inspect.stack` numbers them.
 """
 
 from __future__ import annotations
@@ -17,22 +18,12 @@ from rich.text import Text
 from rich.tree import Tree
 
 from unionfs.cli import display
-from unionfs.cli.images import get_store, json_option
+from unionfs.cli.common import get_store, json_option
 from unionfs.errors import UnionfsError, UsageError
 from unionfs.fuse import runstate
-from unionfs.inspect.explain import (
-    Blocked,
-    Cause,
-    CopyInfo,
-    Explanation,
-    Stack,
-    StackLayer,
-    StackView,
-    TreeEntry,
-    UpperInfo,
-    mount_stack,
-    store_stack,
-)
+from unionfs.inspect.answers import Blocked, Cause, CopyInfo, Explanation, TreeEntry, UpperInfo
+from unionfs.inspect.stack import Stack, StackLayer, mount_stack, store_stack
+from unionfs.inspect.view import StackView
 
 #: Colours of the lower layers, by layer number; the upper layer is bold red.
 PALETTE = (
@@ -335,9 +326,10 @@ def tree_cmd(
 ) -> None:
     """Show the merged tree under PATH, each entry labelled by its layer.
 
-    Layers are numbered as docker numbers an image's layers (1 = the bottom);
-    the --lower dirs of a plain mount as the command line gives them (1 = the
-    top). A mount point (or a path on a mount) is read through its layers.
+    Layers are numbered from the bottom, as docker numbers an image's layers
+    (1 = the bottom layer; of a plain mount, the last --lower); a writable
+    layer is 'upper'. A mount point (or a path on a mount) is read through its
+    layers.
     """
     found = runstate.find_mount_of(source) if os.path.lexists(source) else None
     if found is not None:

@@ -11,5 +11,8 @@ commands (`unionfs.inspect`) reuse.
 - `inodes`: the inode table (stable inode numbers, lookup counts).
 - `upper`: the writable upper layer: whiteouts written, copy-up.
 - `events`: the event log and counters of what the filesystem does.
-- `vfs`: `UnionFS`, the merged filesystem's operations.
+- `core`, `listing`, `copyup`, `writes`, `xattrs`: the parts of `UnionFS`, one per
+  concern (reading through the layers, directory listings, copy-up, namespace
+  changes, extended attributes).
+- `vfs`: `UnionFS`, the merged filesystem's operations, assembled from those parts.
 """

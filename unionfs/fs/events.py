@@ -4,12 +4,18 @@ An `EventLog` lives as long as the mount. The filesystem core records into it
 on the request path, so recording is only in-memory bookkeeping: an integer
 bumped, a small dict appended to a bounded ring (`collections.deque`), and one
 call per listener (the control socket's queues, which never block). No I/O,
-no formatting beyond the event's ISO-8601 time.
+no formatting beyond the event's ISO-8601 time and a whiteout's form.
 
 Counters: requests by type (counted by the FUSE adapter, failed ones included),
 copy-ups (by reason, data bytes, seconds), whiteouts written, opaque dirs made,
 entries created in the upper layer, and, per layer index, the successful
 lookups whose visible (top) copy that layer held.
+
+This module also holds the words every command uses for what it shows:
+`file_type` names kinds of entry (``file``, ``directory``, ``char device``,
+...) and `whiteout_form` the ways a whiteout is written (``char device 0/0``,
+``OCI .wh.NAME entry``), for the events here as for `unionfs explain` and
+`unionfs tree`.
 
 Events, each one dict and one JSON line (``seq`` counts from 1; ``time`` is
 UTC; ``path`` is mount-relative, absolute-style; names that are not UTF-8 keep
@@ -17,20 +23,27 @@ their bytes as surrogate escapes, which JSON carries as ``\\udcXX``)::
 
     {"time": "...", "seq": 7, "event": "copy-up", "path": "/etc/motd",
      "reason": "write", "layer": 2, "data": true, "bytes": 1234, "seconds": 0.0004}
-    {"time": "...", "seq": 8, "event": "whiteout", "path": "/etc/old", "form": "chardev"}
+    {"time": "...", "seq": 8, "event": "whiteout", "path": "/etc/old", "form": "char device 0/0"}
     {"time": "...", "seq": 9, "event": "opaque", "path": "/var/cache"}
     {"time": "...", "seq": 10, "event": "create", "path": "/tmp/x", "type": "file"}
 
 Every copy-up is one event. ``reason`` is what asked for it (see `REASONS`);
 directories copied up on the way to the entry that was asked for get their own
 events, with reason ``parent``, before it. ``layer`` is the index of the layer
-the copy came from (0 is the upper layer, so lower layers start at 1 on a
-writable mount). ``data`` is true for regular files, whose content is copied:
+the copy came from in the mount's stack, top first (0 is the upper layer, so
+lower layers start at 1 on a writable mount); the lookup counters are kept by
+the same index. That index is the daemon's own: ``unionfs events`` and
+``unionfs stats`` show every layer as `unionfs tree` and `unionfs explain`
+name it (``upper``, or the layer's number: a store image's layers count from
+the bottom), translating it in one place (`unionfs.cli.events.layer_of`).
+``data`` is true for regular files, whose content is copied:
 ``bytes`` is then the file's size (its apparent size, however the copy was
 made: reflink, extents or read/write). Directories, symlinks and special files
 are metadata-only copies: ``data`` false, ``bytes`` 0. ``seconds`` is the time
 from the source being opened to the copy being in place (for a file copied in a
-worker thread, it includes the wait for that thread).
+worker thread, it includes the wait for that thread). A whiteout's ``form`` is
+`whiteout_form`'s; a created entry's ``type`` is `file_type`'s, or
+``hardlink`` for a new name of an existing file.
 
 A stream of events may also carry ``{"time": ..., "event": "dropped",
 "count": N}``: N events were not delivered to this reader because it fell
@@ -42,11 +55,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import stat
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any, Required, TypedDict, cast
+
+from unionfs.fs import whiteout as wh
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +87,15 @@ REASONS = (
 #: The kinds of event.
 KINDS = ("copy-up", "whiteout", "opaque", "create")
 
-# The ``type`` of a created entry, by file type.
+# The kind of an entry, by file type (see `file_type`).
 _TYPES = {
     stat.S_IFREG: "file",
-    stat.S_IFDIR: "dir",
+    stat.S_IFDIR: "directory",
     stat.S_IFLNK: "symlink",
     stat.S_IFIFO: "fifo",
     stat.S_IFSOCK: "socket",
-    stat.S_IFCHR: "chardev",
-    stat.S_IFBLK: "blockdev",
+    stat.S_IFCHR: "char device",
+    stat.S_IFBLK: "block device",
 }
 
 
@@ -105,8 +121,23 @@ Listener = Callable[[Event], bool]
 
 
 def file_type(mode: int) -> str:
-    """``file``, ``dir``, ``symlink``, ``fifo``, ``socket``, ``chardev`` or ``blockdev``."""
+    """The kind of entry `mode` says, in the words every command shows: ``file``,
+    ``directory``, ``symlink``, ``fifo``, ``socket``, ``char device`` or
+    ``block device`` (``unknown`` for anything else)."""
     return _TYPES.get(stat.S_IFMT(mode), "unknown")
+
+
+def whiteout_form(fmt: str, name: str) -> str:
+    """How a whiteout of `name` is written, in the words the events and
+    `unionfs explain` both show. `fmt` is the filesystem's name of the format:
+    ``chardev`` (overlayfs's character device: ``char device 0/0``), ``oci``
+    (an entry next to the hidden name: ``OCI .wh.NAME entry``), or the
+    attribute of an overlayfs xattr whiteout (``xattr trusted.overlay.whiteout``)."""
+    if fmt == "chardev":
+        return "char device 0/0"
+    if fmt == "oci":
+        return f"OCI {os.fsdecode(wh.OCI_PREFIX)}{name} entry"
+    return f"xattr {fmt}"
 
 
 def setattr_reason(*, size: bool, owner: bool, mode: bool, times: bool) -> str:
@@ -205,11 +236,12 @@ class EventLog:
         event["seconds"] = round(seconds, 6)
         self._publish(event)
 
-    def whiteout(self, path: str, form: str) -> None:
-        """A whiteout was written: `form` is ``chardev`` or ``oci``."""
+    def whiteout(self, path: str, fmt: str) -> None:
+        """A whiteout was written in the format `fmt` (``chardev`` or ``oci``);
+        the event names its form as `whiteout_form` does."""
         self.whiteouts += 1
         event = self._new("whiteout", path)
-        event["form"] = form
+        event["form"] = whiteout_form(fmt, path.rpartition("/")[2])
         self._publish(event)
 
     def opaque(self, path: str) -> None:
@@ -262,7 +294,8 @@ class EventLog:
         return len(self._listeners)
 
     def stats(self, layer_paths: Sequence[str]) -> dict[str, Any]:
-        """Every counter as JSON-ready data; `layer_paths` names the layers by index."""
+        """Every counter as JSON-ready data; `layer_paths` names the layers by index
+        (the lookups are listed by index, top first, as the daemon counts them)."""
         now = self.clock()
         return {
             "started": iso_time(self.started),

@@ -1,5 +1,9 @@
 """Seeing inside: read-only clients of the filesystem core's merge code.
 
-- `explain`: why a name is where it is: layers, shadowed copies, hiding entries.
+- `stack`: the layers of an image, container or live mount, named and numbered
+  as every command shows them.
+- `view`: `StackView`, why a name is where it is (`explain`) and the merged
+  tree labelled by layer (`tree`); its answers are the types of `answers`.
 - `changes`: a container's changes against its image (`unionfs diff`).
+- `history`: an image's history steps lined up with its layers.
 """

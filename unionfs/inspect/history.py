@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from unionfs.store.store import ImageRecord, Store
+from unionfs.store.records import ImageRecord
+from unionfs.store.store import Store
 
 
 def history_rows(store: Store, image: ImageRecord) -> list[dict[str, Any]]:

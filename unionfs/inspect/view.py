@@ -1,15 +1,6 @@
-"""Why the merged view looks as it does: where every entry comes from and what it hides.
+"""`StackView`: explain and tree, answered by the filesystem core's own merge.
 
-A `Stack` names the layers of a union (top first) the way a person knows them:
-the layers of a store image are numbered as docker numbers them (1 = the bottom,
-oldest layer; ``layer 3 of 4 (sha256:abcd1234abcd), made by: RUN ...`` with the
-history step that made it), a container's writable layer is "the container's
-upper layer", and the ``--lower`` dirs of a plain mount are numbered in the
-order the command line gives them (``lower 1`` = the top, the first
-``--lower``; its ``--upper`` is "the upper layer"). These numbers (or
-``upper``) are what `unionfs tree --layer` takes and what JSON output names.
-
-A `StackView` opens the layers once and answers two questions:
+A `StackView` opens the layers of a `Stack` once and answers two questions:
 
 * `StackView.explain`: for one path, every layer that holds something there
   (top first), what each copy is (a file, a directory, a whiteout in one of
@@ -36,481 +27,33 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 from unionfs.errors import UnionfsError
 from unionfs.fs import layer as io
 from unionfs.fs import whiteout
+from unionfs.fs.events import file_type, whiteout_form
 from unionfs.fs.inodes import ROOT_INO, Node, origin_key
 from unionfs.fs.layer import Layer
 from unionfs.fs.merge import Kind, Resolution, Stop
 from unionfs.fs.upper import ORIGIN_XATTR, unpack_origin
 from unionfs.fs.vfs import UnionFS
-from unionfs.fuse.runstate import MountState
-from unionfs.inspect.history import history_rows
-from unionfs.store.store import ContainerRecord, ImageRecord, Store, short_id
+from unionfs.inspect.answers import (
+    Attrs,
+    Blocked,
+    Cause,
+    CopyInfo,
+    Explanation,
+    Status,
+    TreeEntry,
+    UpperInfo,
+)
+from unionfs.inspect.stack import Stack
 
-Status = Literal["visible", "merged", "shadowed", "hidden", "whiteout"]
-CauseKind = Literal["whiteout", "opaque", "nondir", "above", "reserved"]
 _DOTS = (b".", b"..")
-_STEP_WIDTH = 60
-
-# -- the stack --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StackLayer:
-    """One layer of a stack as a person names it.
-
-    `index` is the position in the stack, 0 = top (as `merge.Copy.layer`);
-    `key` is what ``--layer`` takes and JSON output uses (``upper``, or the
-    layer's number); `short` names it inside a sentence (``layer 3``); `label`
-    names it in full (``layer 3 of 4 (sha256:abcd1234abcd), made by: ...``).
-    """
-
-    index: int
-    path: Path
-    key: str
-    short: str
-    label: str
-    diff_id: str | None = None
-    created_by: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "key": self.key,
-            "label": self.label,
-            "path": str(self.path),
-            "diff_id": self.diff_id,
-            "created_by": self.created_by,
-        }
-
-
-@dataclass(frozen=True)
-class Stack:
-    """The layers of a union, top first, and what they are (`what`, for headings)."""
-
-    layers: tuple[StackLayer, ...]
-    what: str
-
-    @property
-    def has_upper(self) -> bool:
-        """Whether the top layer is a writable (container) layer, where copy-ups land."""
-        return bool(self.layers) and self.layers[0].key == "upper"
-
-    def layer(self, index: int) -> StackLayer:
-        return self.layers[index]
-
-    def by_key(self, key: str) -> StackLayer:
-        """The layer a person named (``3``, ``upper``), or a one-line error."""
-        for la in self.layers:
-            if la.key == key.strip().lower():
-                return la
-        keys = ", ".join(la.key for la in self.layers)
-        raise UnionfsError(f"no layer {key} in {self.what}: its layers are {keys}")
-
-
-def dir_stack(lowers: Sequence[Path], upper: Path | None = None, what: str = "") -> Stack:
-    """Plain layer dirs: lowers top first (``lower 1`` = the top), and an upper."""
-    layers: list[StackLayer] = []
-    if upper is not None:
-        layers.append(
-            StackLayer(0, upper, "upper", "the upper layer", f"the upper layer ({upper})")
-        )
-    n = len(lowers)
-    for number, p in enumerate(lowers, 1):
-        layers.append(
-            StackLayer(
-                len(layers), p, str(number), f"lower {number}", f"lower {number} of {n} ({p})"
-            )
-        )
-    return Stack(tuple(layers), what or f"{n} layer dir{'s' if n != 1 else ''}")
-
-
-def _step_text(created_by: str) -> str:
-    text = " ".join(created_by.split())
-    return text if len(text) <= _STEP_WIDTH else text[: _STEP_WIDTH - 1] + "…"
-
-
-def _image_layers(
-    store: Store, diff_ids: Sequence[str], steps: Mapping[int, str], first_index: int
-) -> list[StackLayer]:
-    """A store image's layers (`diff_ids` bottom first) as stack layers, top first;
-    `steps` maps a layer's number (1 = bottom) to the history step that made it."""
-    n = len(diff_ids)
-    out: list[StackLayer] = []
-    for number in range(n, 0, -1):
-        diff_id = diff_ids[number - 1]
-        step = steps.get(number) or None
-        label = f"layer {number} of {n} (sha256:{short_id(diff_id)})"
-        if step:
-            label += f", made by: {_step_text(step)}"
-        out.append(
-            StackLayer(
-                first_index + len(out), store.layer_path(diff_id), str(number),
-                f"layer {number}", label, diff_id, step,
-            )
-        )  # fmt: skip
-    return out
-
-
-def history_steps(store: Store, image: ImageRecord) -> dict[int, str]:
-    """The history step (``created_by``) that made each layer, by layer number (1 = bottom)."""
-    return {
-        int(row["layer_index"]): str(row["created_by"])
-        for row in history_rows(store, image)
-        if row["layer"] and row["created_by"]
-    }
-
-
-def _image_name(store: Store, image: ImageRecord) -> str:
-    tags = store.tags_of(image.id)
-    return str(tags[0]) if tags else short_id(image.id)
-
-
-def image_stack(store: Store, image: ImageRecord) -> Stack:
-    """An image of the store: its layers, named by docker's count and history."""
-    store.lowers(image.diff_ids)  # a one-line error for a layer missing from the store
-    layers = _image_layers(store, image.diff_ids, history_steps(store, image), 0)
-    return Stack(tuple(layers), f"image {_image_name(store, image)}")
-
-
-def container_stack(store: Store, container: ContainerRecord) -> Stack:
-    """A container of the store: its upper layer over its image's layers."""
-    store.lowers(container.diff_ids)
-    image = store.image(container.image)
-    steps = (
-        history_steps(store, image)
-        if image is not None and image.diff_ids == container.diff_ids
-        else {}
-    )
-    upper = StackLayer(
-        0,
-        store.container_upper(container),
-        "upper",
-        "the upper layer",
-        "the container's upper layer",
-    )
-    layers = [upper, *_image_layers(store, container.diff_ids, steps, 1)]
-    return Stack(tuple(layers), f"container {container.name} ({container.image_ref})")
-
-
-def store_stack(store: Store, text: str) -> Stack:
-    """A container (first, as `unionfs mount` looks) or an image of the store."""
-    container = store.find_container(text)
-    if container is not None:
-        return container_stack(store, container)
-    try:
-        image = store.resolve_image(text)
-    except UnionfsError:
-        raise UnionfsError(f"no such container or image: {text}") from None
-    return image_stack(store, image)
-
-
-def mount_stack(state: MountState) -> Stack:
-    """The layers of a live mount; a store container's or image's mount is named
-    as the store names it, plain dirs as ``lower N`` and ``upper``."""
-    found = _store_mount_stack(state)
-    if found is not None:
-        return found
-    upper = Path(state.upper) if state.upper else None
-    return dir_stack([Path(p) for p in state.lowers], upper, f"the mount on {state.mountpoint}")
-
-
-def _store_root(path: Path, kind: Literal["layer", "upper"]) -> Path | None:
-    """The store that holds `path` as a layer's ``layers/<hex>/diff`` or a
-    container's ``containers/<id>/upper``, or None."""
-    want = ("diff", "layers") if kind == "layer" else ("upper", "containers")
-    if path.name != want[0] or path.parent.parent.name != want[1]:
-        return None
-    root = path.parents[2]
-    return root if (root / "store.json").is_file() else None
-
-
-def _store_mount_stack(state: MountState) -> Stack | None:
-    lowers = [Path(p) for p in state.lowers]
-    upper = Path(state.upper) if state.upper else None
-    if upper is None and lowers and _store_root(lowers[0], "upper") is not None:
-        upper, lowers = lowers[0], lowers[1:]  # a container mounted --read-only
-    roots = {_store_root(p, "layer") for p in lowers}
-    if upper is not None:
-        roots.add(_store_root(upper, "upper"))
-    if len(roots) != 1 or None in roots:
-        return None
-    root = roots.pop()
-    assert root is not None
-    store = Store(root)
-    diff_ids = tuple("sha256:" + p.parent.name for p in reversed(lowers))
-    where = f" on {state.mountpoint}"
-    if upper is not None:
-        for c in store.containers():
-            if store.container_upper(c) == upper and c.diff_ids == diff_ids:
-                found = container_stack(store, c)
-                return Stack(found.layers, found.what + where)
-        return None
-    for image in store.images():
-        if image.diff_ids == diff_ids:
-            found = image_stack(store, image)
-            return Stack(found.layers, found.what + where)
-    return Stack(tuple(_image_layers(store, diff_ids, {}, 0)), "store layers" + where)
-
-
-# -- what an explanation says -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cause:
-    """What keeps a copy out of the merged view (or what it loses to).
-
-    `kind`: ``whiteout`` (a whiteout at `path`), ``opaque`` (the opaque
-    directory `path` cuts off the layers below it), ``nondir`` (a
-    non-directory at `path` ends the directories' merge there), ``above`` (a
-    copy at the same path in a higher layer wins), ``reserved`` (``.wh.``
-    names are never shown). `path` is the copy's own path or one of its
-    parents; `form` says how a whiteout or opaque marker is written.
-    """
-
-    kind: CauseKind
-    layer: int
-    path: str
-    form: str | None = None
-
-    def to_json(self, stack: Stack) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "layer": stack.layer(self.layer).key,
-            "path": self.path,
-            "form": self.form,
-        }
-
-
-@dataclass(frozen=True)
-class CopyInfo:
-    """What one layer holds at a path, and its fate in the merged view.
-
-    `status`: ``visible`` (the copy shown), ``merged`` (a directory merged into
-    the visible one), ``shadowed``/``hidden`` (see `by`), ``whiteout`` (a
-    whiteout that takes effect: it hides what is below, if anything). `form`
-    is a whiteout's form; `opaque` an opaque directory's marker.
-    """
-
-    layer: int
-    type: str
-    status: Status
-    by: Cause | None = None
-    form: str | None = None
-    opaque: str | None = None
-    mode: int | None = None
-    size: int | None = None
-
-    def to_json(self, stack: Stack) -> dict[str, Any]:
-        return {
-            "layer": stack.layer(self.layer).key,
-            "type": self.type,
-            "status": self.status,
-            "by": self.by.to_json(stack) if self.by else None,
-            "form": self.form,
-            "opaque": self.opaque,
-            "mode": f"{self.mode:04o}" if self.mode is not None else None,
-            "size": self.size,
-        }
-
-
-@dataclass(frozen=True)
-class Attrs:
-    """The visible entry's type and metadata."""
-
-    type: str
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    nlink: int
-    mtime_ns: int
-    target: str | None = None
-    rdev: tuple[int, int] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "mode": f"{self.mode:04o}",
-            "uid": self.uid,
-            "gid": self.gid,
-            "size": self.size,
-            "nlink": self.nlink,
-            "mtime_ns": self.mtime_ns,
-            "target": self.target,
-            "rdev": list(self.rdev) if self.rdev else None,
-        }
-
-
-@dataclass(frozen=True)
-class UpperInfo:
-    """How the upper layer's visible copy relates to the layers below it.
-
-    `relation`: ``copied-up`` (a lower copy of the same type is below it),
-    ``replaced`` (a lower copy of another type, or a directory made again
-    over a deleted one), ``created`` (no lower layer shows this path).
-    `origin`: whether the copy-up origin recorded on the upper copy
-    (``trusted.overlay.unionfs.origin``) names `layer`'s copy (``matches``),
-    something else (``other``), or is not recorded (``none``).
-    """
-
-    relation: Literal["copied-up", "replaced", "created"]
-    layer: int | None
-    origin: Literal["matches", "other", "none"]
-
-    def to_json(self, stack: Stack) -> dict[str, Any]:
-        return {
-            "relation": self.relation,
-            "layer": stack.layer(self.layer).key if self.layer is not None else None,
-            "origin": self.origin,
-        }
-
-
-@dataclass(frozen=True)
-class Blocked:
-    """The first parent of a path that is not a directory of the merged view.
-
-    `status`: ``nondir`` (a visible non-directory from `layer`), ``hidden``
-    (the top real copy, in `layer`, is hidden: see `by`), ``deleted`` (only
-    whiteouts, the top one in `layer`), ``absent`` (no layer has it).
-    """
-
-    path: str
-    status: Literal["nondir", "hidden", "deleted", "absent"]
-    layer: int | None = None
-    type: str | None = None
-    by: Cause | None = None
-    form: str | None = None
-
-    def to_json(self, stack: Stack) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "status": self.status,
-            "layer": stack.layer(self.layer).key if self.layer is not None else None,
-            "type": self.type,
-            "by": self.by.to_json(stack) if self.by else None,
-            "form": self.form,
-        }
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Everything the stack says about one path.
-
-    `status`: ``visible``; ``hidden`` (some layer holds a real copy, none is
-    shown); ``absent`` (no layer holds anything but, perhaps, whiteouts).
-    `copies` lists every layer that holds something at the path, top first.
-    """
-
-    stack: Stack
-    path: str
-    status: Literal["visible", "hidden", "absent"]
-    copies: tuple[CopyInfo, ...]
-    entry: Attrs | None = None
-    layer: int | None = None
-    reason: Cause | None = None
-    blocked: Blocked | None = None
-    upper: UpperInfo | None = None
-    reserved: bool = False
-
-    @property
-    def merged_layers(self) -> tuple[int, ...]:
-        return tuple(c.layer for c in self.copies if c.status in ("visible", "merged"))
-
-    @property
-    def unknown(self) -> bool:
-        """Nothing in any layer relates to the path: neither it nor its first
-        missing parent is held by any layer (not even as a whiteout)."""
-        return (
-            self.status == "absent" and self.blocked is not None and self.blocked.status == "absent"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        s = self.stack
-        return {
-            "path": self.path,
-            "status": self.status,
-            "layer": s.layer(self.layer).key if self.layer is not None else None,
-            "entry": self.entry.to_json() if self.entry else None,
-            "merged_layers": [s.layer(i).key for i in self.merged_layers]
-            if self.entry and self.entry.type == "directory"
-            else None,
-            "copies": [c.to_json(s) for c in self.copies],
-            "reason": self.reason.to_json(s) if self.reason else None,
-            "blocked": self.blocked.to_json(s) if self.blocked else None,
-            "upper": self.upper.to_json(s) if self.upper else None,
-            "reserved": self.reserved,
-            "stack": {"what": s.what, "layers": [la.to_json() for la in s.layers]},
-        }
-
-
-@dataclass
-class TreeEntry:
-    """One entry of `StackView.tree`.
-
-    A visible entry has `hidden_by` None, `layer` = its visible copy's layer
-    and, for a directory, `layers` = every layer merged into it. A hidden
-    entry (with ``show_hidden``) has `layer` = its top hidden copy's layer and
-    `hidden_by` = what hides it. `children` is None where the depth limit
-    stopped the walk (or for a non-directory). `opaque` is the layer whose
-    opaque copy of this directory cuts off the layers below it.
-    """
-
-    name: str
-    path: str
-    type: str
-    layer: int
-    layers: tuple[int, ...] = ()
-    hidden_by: Cause | None = None
-    target: str | None = None
-    opaque: int | None = None
-    children: list[TreeEntry] | None = None
-
-    def to_json(self, stack: Stack) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "type": self.type,
-            "layer": stack.layer(self.layer).key,
-            "layers": [stack.layer(i).key for i in self.layers],
-            "hidden_by": self.hidden_by.to_json(stack) if self.hidden_by else None,
-            "target": self.target,
-            "opaque": stack.layer(self.opaque).key if self.opaque is not None else None,
-            "children": [c.to_json(stack) for c in self.children]
-            if self.children is not None
-            else None,
-        }
-
-    def walk(self) -> Iterator[TreeEntry]:
-        """This entry and everything below it, depth first."""
-        yield self
-        for c in self.children or ():
-            yield from c.walk()
-
-
-def type_name(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISCHR(mode):
-        return "char device"
-    if stat.S_ISBLK(mode):
-        return "block device"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "unknown"
 
 
 def split_path(path: str | bytes) -> list[bytes]:
@@ -575,14 +118,15 @@ class _Name:
 
 
 def _whiteout_form(dirfd: int, name: bytes, st: os.stat_result | None) -> str:
-    """How a whiteout that `layer.observe` found is written (for people)."""
+    """How a whiteout that `layer.observe` found is written, as `whiteout_form`
+    (and so the events) names it."""
     if st is None:
-        return f"OCI {os.fsdecode(whiteout.OCI_PREFIX + name)} entry"
+        return whiteout_form("oci", os.fsdecode(name))
     if whiteout.is_chardev_whiteout(st):
-        return "char device 0/0"
+        return whiteout_form("chardev", os.fsdecode(name))
     for attr in whiteout.WHITEOUT_XATTRS:
         if io.getxattr_at(dirfd, name, attr) is not None:
-            return f"xattr {attr.decode()}"
+            return whiteout_form(attr.decode(), os.fsdecode(name))
     return "whiteout"
 
 
@@ -677,7 +221,7 @@ class StackView:
                     continue
                 mode = st.st_mode
                 out.copies.append(
-                    CopyInfo(index, type_name(mode), status, by, None, opaque,
+                    CopyInfo(index, file_type(mode), status, by, None, opaque,
                              stat.S_IMODE(mode), st.st_size)
                 )  # fmt: skip
         except OSError as e:
@@ -896,7 +440,7 @@ class StackView:
         mode = node.st.st_mode
         target = os.fsdecode(self.fs.readlink(node.ino)) if stat.S_ISLNK(mode) else None
         layers = tuple(c.layer for c in node.copies) if stat.S_ISDIR(mode) else (node.top_layer,)
-        return TreeEntry(os.fsdecode(name), path, type_name(mode), node.top_layer, layers,
+        return TreeEntry(os.fsdecode(name), path, file_type(mode), node.top_layer, layers,
                          target=target)  # fmt: skip
 
     def _children(
@@ -971,5 +515,5 @@ def _attrs(st: os.stat_result, target: str | None) -> Attrs:
     rdev = None
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
-    return Attrs(type_name(mode), stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size,
+    return Attrs(file_type(mode), stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size,
                  st.st_nlink, st.st_mtime_ns, target, rdev)  # fmt: skip
