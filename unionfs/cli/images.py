@@ -1,4 +1,4 @@
-"""The store's commands: images, containers and disk use (see unionfs.store)."""
+"""The image commands: import, images, inspect, history, tag, rmi, and image export."""
 
 from __future__ import annotations
 
@@ -13,29 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from unionfs.cli import display
+from unionfs.cli.common import get_store, json_option
 from unionfs.image.refs import Reference, parse_reference
-from unionfs.inspect.changes import container_changes
 from unionfs.inspect.history import history_rows
-from unionfs.store.store import (
-    ImageRecord,
-    LayerInfo,
-    Store,
-    default_root,
-    mounts_of_container,
-    parse_time,
-    short_id,
-    tree_size,
-)
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
-
-
-def get_store(ctx: click.Context) -> Store:
-    root = ctx.find_root().params.get("root")
-    store = Store(Path(root) if root else default_root())
-    store.check_version()
-    return store
-
+from unionfs.store.export import FORMATS, export_image
+from unionfs.store.records import ImageRecord, LayerInfo, parse_time, short_id
+from unionfs.store.store import Store
 
 # -- import ---------------------------------------------------------------------------
 
@@ -258,170 +241,6 @@ def rmi_cmd(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
             click.echo(line)
 
 
-# -- containers ---------------------------------------------------------------------------
-
-
-@click.command("create")
-@click.argument("image")
-@click.option("--name", help="The container's name (default: a generated one).")
-@click.pass_context
-def create_cmd(ctx: click.Context, image: str, name: str | None) -> None:
-    """Make a container: an empty upper layer over an image's layers."""
-    c = get_store(ctx).create_container(image, name)
-    click.echo(f"{c.name} {c.id}")
-
-
-@click.command("ps")
-@json_option
-@click.pass_context
-def ps_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List containers with their image, mount point and upper layer size."""
-    store = get_store(ctx)
-    tag_names = {i: str(r) for r, i in sorted(store.tags().items(), key=str)}
-    rows: list[dict[str, Any]] = []
-    for c in store.containers():
-        mounted = mounts_of_container(c.id)
-        rows.append(
-            {
-                "id": c.id,
-                "name": c.name,
-                "image": tag_names.get(c.image, c.image_ref),
-                "image_id": c.image,
-                "created": c.created,
-                "mountpoints": mounted,
-                "upper": str(store.container_upper(c)),
-                "upper_size": tree_size(store.container_upper(c)),
-            }
-        )
-    if as_json:
-        display.echo_json(rows)
-        return
-    display.echo_table(
-        ["CONTAINER ID", "NAME", "IMAGE", "CREATED", "UPPER SIZE", "MOUNTPOINT"],
-        [
-            [
-                r["id"][:12],
-                r["name"],
-                r["image"],
-                display.ago(parse_time(r["created"])),
-                display.human_size(r["upper_size"]),
-                ", ".join(r["mountpoints"]) or "-",
-            ]
-            for r in rows
-        ],
-    )
-
-
-@click.command("rm")
-@click.argument("containers", nargs=-1, required=True, metavar="CONTAINER...")
-@click.pass_context
-def rm_cmd(ctx: click.Context, containers: tuple[str, ...]) -> None:
-    """Remove containers and their upper layers (refused while mounted)."""
-    store = get_store(ctx)
-    for text in containers:
-        c = store.remove_container(text)
-        click.echo(c.name)
-
-
-@click.command("diff")
-@click.argument("container")
-@json_option
-@click.pass_context
-def diff_cmd(ctx: click.Context, container: str, as_json: bool) -> None:
-    """List what a container changed in its image: A added, C changed, D deleted.
-
-    Reads the container's upper layer, mounted or not (while mounted, the list
-    is a snapshot of a filesystem in use).
-    """
-    store = get_store(ctx)
-    c = store.resolve_container(container)
-    changes = container_changes(store.container_upper(c), store.lowers(c.diff_ids))
-    if as_json:
-        display.echo_json([ch.to_json() for ch in changes])
-        return
-    for ch in changes:
-        click.echo(ch.line())
-
-
-# -- disk use ------------------------------------------------------------------------------
-
-
-def disk_usage(store: Store) -> dict[str, Any]:
-    images = store.images()
-    containers = store.containers()
-    layers: list[dict[str, Any]] = []
-    for diff_id in store.layer_ids():
-        info = store.layer_info(diff_id)
-        layers.append(
-            {
-                "diff_id": diff_id,
-                "size": info.size,
-                "images": sum(diff_id in i.diff_ids for i in images),
-                "containers": sum(diff_id in c.diff_ids for c in containers),
-            }
-        )
-    size_of = {la["diff_id"]: la["size"] for la in layers}
-    uppers = {c.name: tree_size(store.container_upper(c)) for c in containers}
-    image_sizes = [sum(size_of.get(d, 0) for d in i.diff_ids) for i in images]
-    container_sizes = [sum(size_of.get(d, 0) for d in c.diff_ids) for c in containers]
-    logical = sum(image_sizes) + sum(container_sizes) + sum(uppers.values())
-    on_disk = sum(size_of.values()) + sum(uppers.values())
-    return {
-        "layers": layers,
-        "images": len(images),
-        "containers": len(containers),
-        "upper_sizes": uppers,
-        "logical_size": logical,
-        "disk_size": on_disk,
-        "blobs_size": sum(p.stat().st_size for p in store.blobs.iterdir())
-        if store.blobs.is_dir()
-        else 0,
-    }
-
-
-@click.command("df")
-@json_option
-@click.pass_context
-def df_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Show every layer, who uses it, and what sharing saves."""
-    du = disk_usage(get_store(ctx))
-    if as_json:
-        display.echo_json(du)
-        return
-    display.echo_table(
-        ["LAYER", "SIZE", "IMAGES", "CONTAINERS"],
-        [
-            [
-                short_id(la["diff_id"]),
-                display.human_size(la["size"]),
-                str(la["images"]),
-                str(la["containers"]),
-            ]
-            for la in du["layers"]
-        ],
-    )
-    h = display.human_size
-    uppers = sum(du["upper_sizes"].values())
-    click.echo("")
-    counts = [
-        (du["images"], "image"),
-        (du["containers"], "container"),
-        (len(du["layers"]), "layer"),
-    ]
-    click.echo(", ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in counts))
-    click.echo(
-        f"without sharing: {h(du['logical_size'])} "
-        "(every image and every container with its own copy of its layers)"
-    )
-    saved = du["logical_size"] - du["disk_size"]
-    pct = f", {100 * saved / du['logical_size']:.0f}% saved" if du["logical_size"] else ""
-    click.echo(
-        f"with sharing:    {h(du['disk_size'])} "
-        f"(layers {h(du['disk_size'] - uppers)} + container uppers {h(uppers)}{pct})"
-    )
-    click.echo(f"layer blobs kept for export: {h(du['blobs_size'])}")
-
-
 @click.group("image")
 def image_group() -> None:
     """Manage images: import, ls, inspect, history, tag, rm, export."""
@@ -431,15 +250,51 @@ for _cmd in (import_cmd, images_cmd, inspect_cmd, history_cmd, tag_cmd, rmi_cmd)
     image_group.add_command(_cmd)
 
 
+@click.command("export")
+@click.argument("image")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="docker-archive",
+    show_default=True,
+    help="oci: an OCI layout dir (blobs hard-linked from the store where possible); "
+    "oci-archive: that layout as a tar; docker-archive: what docker save writes "
+    "(plain layers), for docker load, podman load and skopeo.",
+)
+@click.option(
+    "--tag",
+    metavar="NAME[:TAG]",
+    help="The name the export gives the image (default: the tag IMAGE names, else "
+    "the image's first tag).",
+)
+@click.pass_context
+def export_cmd(ctx: click.Context, image: str, path: Path, fmt: str, tag: str | None) -> None:
+    """Write IMAGE to PATH as an OCI layout, an oci-archive or a docker archive.
+
+    PATH must not exist (an oci layout may also go into an empty dir); it appears
+    only once the export is complete. Every form carries the store's config, so
+    the image ID stays the same; the OCI forms carry its manifest too (the same
+    manifest digest).
+    """
+    ref = parse_reference(tag) if tag else None
+    store = get_store(ctx)
+    done = export_image(store, image, fmt, path, tag=ref)
+    name = f"{done.reference} " if done.reference else ""
+    layers = len(done.image.layers)
+    linked = f", {done.linked} blobs hard-linked" if done.linked else ""
+    click.echo(
+        f"Exported {name}({short_id(done.image.id)}) to {done.path} as {fmt}: "
+        f"{layers} layer{'' if layers == 1 else 's'}, {display.human_size(done.size)}{linked}"
+    )
+
+
 def register(cli: click.Group) -> None:
-    """Add the store commands, with the docker-style top-level aliases."""
+    """Add ``image`` and its docker-style aliases to `cli`."""
+    image_group.add_command(export_cmd)
     cli.add_command(image_group)
     cli.add_command(images_cmd, "images")
     cli.add_command(history_cmd, "history")
     cli.add_command(tag_cmd, "tag")
     cli.add_command(rmi_cmd, "rmi")
-    cli.add_command(create_cmd)
-    cli.add_command(ps_cmd)
-    cli.add_command(rm_cmd)
-    cli.add_command(diff_cmd)
-    cli.add_command(df_cmd)
