@@ -1151,6 +1151,12 @@ def rename_exchange_lower_dir(m: Path) -> None:
     renameat2(m / "data/nd", m / "data/tree", RENAME_EXCHANGE)
 
 
+def rename_exchange_lower_file_and_merged_dir(m: Path) -> None:
+    """EXDEV (the dir cannot move without redirects) before any copy-up: the file
+    and its parent stay in the lower layer, its hard link group unbroken."""
+    renameat2(m / "data/linked", m / "srv/merged", RENAME_EXCHANGE)
+
+
 def mkfifo_new(m: Path) -> object:
     os.mkfifo(m / "data/newfifo", 0o640)
     return meta(m / "data/newfifo")
@@ -1488,6 +1494,7 @@ OPERATIONS: dict[str, Op] = {
     "RENAME_EXCHANGE with a missing name": rename_exchange_missing,
     "RENAME_EXCHANGE with a whiteout": rename_exchange_whiteout,
     "RENAME_EXCHANGE with a lower dir": rename_exchange_lower_dir,
+    "RENAME_EXCHANGE a lower file and a merged dir": rename_exchange_lower_file_and_merged_dir,
     # special files
     "mkfifo": mkfifo_new,
     "mknod a char device": mknod_chardev,

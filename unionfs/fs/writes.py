@@ -247,10 +247,12 @@ class Writes(CopyUps, Listings):
 
     # -- renaming ----------------------------------------------------------------------------
 
-    def rename(
+    def check_rename(
         self, old_parent_ino: int, old_name: bytes, new_parent_ino: int, new_name: bytes, flags: int
-    ) -> None:
-        upper = self._need_upper()
+    ) -> tuple[Node, Node | None] | None:
+        """The checks of a rename that come before any copy-up, as overlayfs: a
+        rename they fail (EXDEV for a lower directory in an exchange, ...) copies
+        nothing up. The source and destination nodes, or None for nothing to do."""
         old_parent, new_parent = self.node(old_parent_ino), self.node(new_parent_ino)
         self._check_new_name(new_parent, new_name)
         src = self._peek(old_parent, old_name)
@@ -258,7 +260,7 @@ class Writes(CopyUps, Listings):
             raise _err(errno.ENOENT)
         dst = self._peek(new_parent, new_name)
         if dst is src:
-            return
+            return None
         exchange = bool(flags & io.RENAME_EXCHANGE)
         if exchange and dst is None:
             raise _err(errno.ENOENT)
@@ -282,6 +284,19 @@ class Writes(CopyUps, Listings):
                 raise _err(errno.EISDIR)
             if dst_dir and len(self.list_dir(dst)) > 2:
                 raise _err(errno.ENOTEMPTY)
+        return src, dst
+
+    def rename(
+        self, old_parent_ino: int, old_name: bytes, new_parent_ino: int, new_name: bytes, flags: int
+    ) -> None:
+        upper = self._need_upper()
+        nodes = self.check_rename(old_parent_ino, old_name, new_parent_ino, new_name, flags)
+        if nodes is None:
+            return
+        src, dst = nodes
+        old_parent, new_parent = self.node(old_parent_ino), self.node(new_parent_ino)
+        exchange = bool(flags & io.RENAME_EXCHANGE)
+        src_dir = stat.S_ISDIR(src.st.st_mode)
         self.copy_up(src, "rename")
         if exchange and dst is not None:
             self.copy_up(dst, "rename")

@@ -322,6 +322,8 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         self._writable()
         src = self.fs.peek(parent_inode_old, name_old)
+        # As overlayfs: a rename that fails its checks copies nothing up.
+        self.fs.check_rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         if not stat.S_ISDIR(src.st.st_mode):
             await self._copy_up(src, "rename")
         async with self._lock(src.ino):
