@@ -87,12 +87,14 @@ def test_import_layout_shares_the_base_layer(store: Store, layout: Path) -> None
     assert (base_dir / "bin/tool").stat().st_mode & 0o7777 == 0o4755
     assert os.readlink(base_dir / "bin/alias") == "tool"
     assert (base_dir / "srv/one").stat().st_ino == (base_dir / "srv/one-again").stat().st_ino
-    # the image ID is the config digest, the layout's bare tags name no repository
+    # the image ID is the config digest; the layout's bare tags name the image
+    # localhost/<layout dir>:<tag>, as podman names an image of an OCI layout
     for image in store.images():
         assert store.read_blob(image.id) == oci.config_bytes(
             [BASE] if len(image.layers) == 1 else [BASE, UPDATE, APP]
         )
-        assert store.tags_of(image.id) == []
+        tag = "base" if len(image.layers) == 1 else "app"
+        assert store.tags_of(image.id) == [Reference("localhost/layout", tag)]
     assert staging_entries(store) == []
 
 

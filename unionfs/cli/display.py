@@ -3,7 +3,7 @@
 import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
@@ -62,5 +62,42 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def echo_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2)
+    for chunk in iter_json(data):
+        sys.stdout.write(chunk)
     sys.stdout.write("\n")
+
+
+_END = object()
+
+
+def iter_json(data: Any, indent: int = 2) -> Iterator[str]:
+    """The text ``json.dump(data, indent=indent)`` writes, in pieces, without
+    recursion: a tree read from a layer may nest deeper than Python's stack."""
+    frames: list[tuple[str, Iterator[Any], int, list[bool]]] = []
+    pending: list[Any] = [data]
+    while True:
+        if pending:
+            value = pending.pop()
+            level = len(frames)
+            if isinstance(value, dict) and value:
+                yield "{"
+                frames.append(("}", iter(value.items()), level + 1, [True]))
+            elif isinstance(value, (list, tuple)) and value:
+                yield "["
+                frames.append(("]", iter(value), level + 1, [True]))
+            else:
+                yield json.dumps(value)
+        if not frames:
+            return
+        closer, items, level, first = frames[-1]
+        item: Any = next(items, _END)
+        if item is _END:
+            frames.pop()
+            yield "\n" + " " * (indent * (level - 1)) + closer
+            continue
+        yield ("" if first[0] else ",") + "\n" + " " * (indent * level)
+        first[0] = False
+        if closer == "}":
+            key, item = item
+            yield json.dumps(str(key)) + ": "
+        pending.append(item)

@@ -42,17 +42,19 @@ from __future__ import annotations
 import collections
 import decimal
 import errno
+import io
 import os
-import shutil
 import stat
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar, cast
 
 from unionfs.fs import whiteout
 from unionfs.fs.layer import DIR_FLAGS, NAME_MAX, child_path, lstat_at
+from unionfs.fs.treewalk import remove_tree_at
 from unionfs.image.decompress import CHUNK, Refused
+from unionfs.image.space import Space
 
 WhiteoutForm = Literal["overlay", "oci"]
 
@@ -71,10 +73,21 @@ _SOFT_XATTR_ERRORS = frozenset(
 )  # fmt: skip
 _SOFT_CHOWN_ERRORS = frozenset({errno.EPERM, errno.EINVAL})
 _NOT_A_DIR = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+_ID_MAX = 2**32 - 2
+"""The largest uid or gid: ids are 32 bits and 2^32-1 is chown's "leave as is"."""
+_ENTRY_COST = 4096
+"""What one entry is counted as (an inode, a directory block) against the reserve."""
 
 _Parts = tuple[bytes, ...]
 """A normalised path inside the layer, one component per item; () is the root."""
 _T = TypeVar("_T")
+
+
+class _Seekable(Protocol):
+    """What the sparse writer needs of a member's reader."""
+
+    def seek(self, pos: int, whence: int, /) -> int: ...
+    def read(self, size: int, /) -> bytes: ...
 
 
 class _Missing(Exception):
@@ -103,14 +116,15 @@ class Tree:
     together in a tar); a removed directory's descriptors leave the cache with it.
     """
 
-    def __init__(self, root_fd: int, form: WhiteoutForm) -> None:
+    def __init__(self, root_fd: int, form: WhiteoutForm, reserve: int | None = None) -> None:
         self.root_fd = root_fd
+        self.space = Space(root_fd, reserve)
         self.overlay = form == "overlay"
         self.is_root = os.geteuid() == 0
         self.dirs: dict[_Parts, _DirMeta] = {}
         self._cache: collections.OrderedDict[_Parts, int] = collections.OrderedDict()
         self._previous: _Parts = ()
-        self._sizes: dict[int, int] = {}
+        self._size = 0  # of the regular files, each inode once
         self._warnings: list[str] = []
         self._unlisted = 0
 
@@ -127,7 +141,7 @@ class Tree:
         return (*self._warnings, *extra)
 
     def size(self) -> int:
-        return sum(self._sizes.values())
+        return self._size
 
     # -- one entry ----------------------------------------------------------------
 
@@ -136,6 +150,10 @@ class Tree:
         unsafe_name = raw(info.name)
         parts = self._normalise(unsafe_name, "path")
         shown = show(b"/".join(parts))
+        for what, value in (("uid", info.uid), ("gid", info.gid)):
+            if not 0 <= value <= _ID_MAX:
+                raise Refused(f"{shown or '.'}: {what} {value} is out of range")
+        self.space.take(_ENTRY_COST)
         if not parts:
             if info.isdir():
                 self._walk((), shown, entry=_dir_meta(info))
@@ -194,13 +212,16 @@ class Tree:
         fd = self._replace(parent, parts, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent))
         try:
             data = tar.extractfile(info)
-            if data is not None:
+            if data is not None and info.sparse is not None:
+                self._write_sparse(fd, cast(io.BufferedReader, data).raw, info, shown)
+            elif data is not None:
                 while chunk := data.read(CHUNK):
+                    self.space.take(len(chunk))
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
             st = os.fstat(fd)
-            self._sizes[st.st_ino] = st.st_size
+            self._size += st.st_size
             if (st.st_uid, st.st_gid) != (info.uid, info.gid):
                 self._set_owner(shown, info.uid, info.gid, fd=fd)
             os.chmod(fd, info.mode & 0o7777)
@@ -208,6 +229,32 @@ class Tree:
             self._set_times(shown, _mtime_ns(info), fd=fd)
         finally:
             os.close(fd)
+
+    def _write_sparse(self, fd: int, data: _Seekable, info: tarfile.TarInfo, shown: str) -> None:
+        """A GNU or PAX sparse member: its data segments written where the map
+        puts them, its holes left as holes (the file's length set last), as GNU
+        tar and umoci unpack one. `data` reads the member's logical bytes
+        (tarfile's own reader, which fills holes with zeros if read)."""
+        sparse = cast(list[tuple[int, int]], info.sparse)  # (offset, length) pairs
+        end = 0
+        for offset, length in sparse:
+            if length == 0:
+                continue  # the end marker, or padding of the old GNU format
+            if offset < end or length < 0 or offset + length > info.size:
+                raise Refused(f"{shown}: sparse map out of order or past the file's end")
+            end = offset + length
+            data.seek(offset, os.SEEK_SET)
+            pos = offset
+            while pos < end:
+                chunk = data.read(min(CHUNK, end - pos))
+                if not chunk:
+                    raise tarfile.ReadError("unexpected end of data")
+                self.space.take(len(chunk))
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, pos)
+                    view, pos = view[written:], pos + written
+        os.ftruncate(fd, info.size)
 
     def _symlink(self, parts: _Parts, shown: str, info: tarfile.TarInfo) -> None:
         # The target is content, stored verbatim and never followed: an absolute
@@ -264,7 +311,12 @@ class Tree:
             return
         parent = self._walk(parts[:-1], shown)
         name = parts[-1]
-        device = os.makedev(info.devmajor, info.devminor)
+        try:
+            device = os.makedev(info.devmajor, info.devminor)
+        except (OverflowError, ValueError):
+            raise Refused(
+                f"device node {shown}: device {info.devmajor},{info.devminor} is out of range"
+            ) from None
         try:
             self._replace(
                 parent, parts, lambda: os.mknod(name, kind | 0o600, device, dir_fd=parent)
@@ -416,10 +468,12 @@ class Tree:
         if stat.S_ISDIR(st.st_mode):
             for key in [k for k in self._cache if k[: len(parts)] == parts]:
                 os.close(self._cache.pop(key))
-            shutil.rmtree(name, dir_fd=parent)
+            # A tree of this layer, of any depth: removed without recursion (its
+            # files' sizes stay counted in `size`, an overestimate only).
+            remove_tree_at(parent, name)
         else:
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                self._sizes.pop(st.st_ino, None)
+                self._size -= st.st_size
             os.unlink(name, dir_fd=parent)
 
     def _trim_cache(self, current: _Parts) -> None:

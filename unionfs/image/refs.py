@@ -16,9 +16,9 @@ DEFAULT_TAG = "latest"
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9-]+)*(?::[0-9]+)?)"
-_NAME_RE = re.compile(rf"^(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_NAME_RE = re.compile(rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 NAME_MAX = 255
 
 
@@ -44,7 +44,7 @@ def split_reference(text: str) -> tuple[str, str | None, str | None]:
 
 
 def is_valid_name(name: str) -> bool:
-    return len(name) <= NAME_MAX and _NAME_RE.match(name) is not None
+    return len(name) <= NAME_MAX and _NAME_RE.fullmatch(name) is not None
 
 
 def parse_reference(text: str) -> Reference:
@@ -57,13 +57,13 @@ def parse_reference(text: str) -> Reference:
             f"invalid reference {text!r}: a name is lower-case letters, digits and "
             "the separators . _ - / (optionally after a registry host[:port]/)"
         )
-    if tag is not None and not _TAG_RE.match(tag):
+    if tag is not None and not _TAG_RE.fullmatch(tag):
         raise UnionfsError(f"invalid tag in {text!r}: up to 128 of A-Z a-z 0-9 _ . -")
     return Reference(name, tag or DEFAULT_TAG)
 
 
 def is_digest(text: str) -> bool:
-    return _DIGEST_RE.match(text) is not None
+    return _DIGEST_RE.fullmatch(text) is not None
 
 
 def source_reference(text: str) -> Reference | None:
@@ -74,6 +74,6 @@ def source_reference(text: str) -> Reference | None:
     if digest is not None or not is_valid_name(name) or ("/" not in name and tag is None):
         # A bare word with no tag is as likely a tag ("latest", "v1") as a name.
         return None
-    if tag is not None and not _TAG_RE.match(tag):
+    if tag is not None and not _TAG_RE.fullmatch(tag):
         return None
     return Reference(name, tag or DEFAULT_TAG)

@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Literal, cast
 
 import zstandard
 
@@ -39,6 +39,9 @@ NOT_RECOGNISED = "is not a docker save archive, an OCI layout or an oci-archive"
 
 _JSON_LIMIT = 64 << 20  # manifests, indexes and configs are small; refuse memory bombs
 _LINK_LIMIT = 32  # links followed inside an archive before calling it a loop
+_MEMBER_LIMIT = 250_000
+"""Files and links an archive may hold: the member table's memory is bounded
+(an image archive holds a few per layer and image)."""
 _READ_BUFFER = 256 << 10
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -122,16 +125,30 @@ class _TarFiles(SourceFiles):
         self.fd = fd
         self.file_size = os.fstat(fd).st_size
         self.compression = _outer_compression(os.pread(fd, 4, 0))
-        self.members: dict[str, tarfile.TarInfo] = {}
+        self.members: dict[str, _Member] = {}
+        seen = 0
         with self._stream() as stream:
             try:
                 archive = tarfile.TarFile(fileobj=stream)
-                for info in archive:
+                read: list[tarfile.TarInfo] = archive.members  # type: ignore[attr-defined]
+                while (info := archive.next()) is not None:
+                    read.clear()  # the table here is all that is kept
+                    seen += 1
                     name = archive_name(info.name)
-                    if name is not None:
-                        self.members[name] = info  # the last entry of a name wins, as in tar
+                    if name is None:
+                        continue
+                    member = _Member.of(info)
+                    if member is None:
+                        self.members.pop(name, None)  # the last entry of a name wins
+                        continue
+                    self.members[name] = member
+                    if len(self.members) > _MEMBER_LIMIT:
+                        raise UnionfsError(
+                            f"{self.label}: more than {_MEMBER_LIMIT} files: not an image "
+                            "archive (docker and skopeo write a few per layer)"
+                        )
             except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError) as e:
-                if not self.members:
+                if not seen:
                     raise UnionfsError(f"{self.label} {NOT_RECOGNISED}") from None
                 raise UnionfsError(f"{self.label}: damaged archive: {e}") from None
 
@@ -155,7 +172,7 @@ class _TarFiles(SourceFiles):
         if info is None:
             return None
         size = info.size
-        offset = info.offset_data
+        offset = info.offset
         if self.compression is None and offset + size > self.file_size:
             raise UnionfsError(f"{self.label}: {name} is cut short (the archive is truncated)")
 
@@ -174,21 +191,19 @@ class _TarFiles(SourceFiles):
 
         return SourceBlob(name, size, opener)
 
-    def _resolve(self, name: str) -> tarfile.TarInfo | None:
+    def _resolve(self, name: str) -> _Member | None:
         """The regular-file member `name` stands for, following symlinks and hard
         links inside the archive only (docker writes repeated layers as symlinks)."""
         for _ in range(_LINK_LIMIT):
             info = self.members.get(name)
             if info is None:
                 return None
-            if info.issym():
+            if info.kind == "symlink":
                 target = posixpath.join(posixpath.dirname(name), info.linkname)
-            elif info.islnk():
+            elif info.kind == "hardlink":
                 target = info.linkname
-            elif info.isreg() and not info.issparse():
-                return info
             else:
-                return None
+                return info
             resolved = archive_name(target)
             if resolved is None:
                 raise UnionfsError(
@@ -201,6 +216,28 @@ class _TarFiles(SourceFiles):
         if not self.closed:
             super().close()
             os.close(self.fd)
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """What the member table keeps of a tar member that a name may resolve to
+    (a TarInfo is several times larger)."""
+
+    kind: Literal["file", "symlink", "hardlink"]
+    offset: int
+    size: int
+    linkname: str
+
+    @classmethod
+    def of(cls, info: tarfile.TarInfo) -> _Member | None:
+        """None for what no name may resolve to (directories, devices, sparse files)."""
+        if info.issym():
+            return cls("symlink", 0, 0, info.linkname)
+        if info.islnk():
+            return cls("hardlink", 0, 0, info.linkname)
+        if info.isreg() and not info.issparse():
+            return cls("file", info.offset_data, info.size, "")
+        return None
 
 
 class _PreadRaw(io.RawIOBase):

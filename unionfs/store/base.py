@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -29,10 +30,31 @@ if TYPE_CHECKING:
     from unionfs.image.refs import Reference
     from unionfs.image.sources import SourceLayer
     from unionfs.store.layers import ImportReport
+    from unionfs.store.leases import Lease
     from unionfs.store.records import ContainerRecord, ImageRecord, LayerBlob
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _STAGING_LOCK = ".owner"
+_STUCK = "stuck-"
+
+
+MIN_FREE_ENV = "UNIONFS_MIN_FREE"
+_DEFAULT_MIN_FREE = 1 << 30
+_DEFAULT_MIN_FREE_SHARE = 0.05
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``512K``, ``100M``, ``2G``, ``1T`` (powers of 1024; a trailing
+    ``B``/``iB`` is allowed) in bytes; ValueError otherwise."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    number = t[: len(t) - len(unit)].strip()
+    if not number.isdigit():
+        raise ValueError(text)
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def default_root() -> Path:
@@ -106,6 +128,10 @@ class StoreBase:
         write_json_atomic(self.root / "store.json", {"version": FORMAT_VERSION})
 
     def check_version(self) -> None:
+        """The store's format is the one this unionfs reads; a root that exists
+        and is not a directory is refused (by every command alike)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UnionfsError(f"store {self.root}: not a directory")
         path = self.root / "store.json"
         if not path.exists():
             return
@@ -142,21 +168,48 @@ class StoreBase:
             os.close(fd)  # releases the flock
 
     def _clean_tmp(self) -> None:
-        """Remove staging entries whose owner is gone (interrupted commands)."""
+        """Remove staging entries whose owner is gone (interrupted commands).
+
+        An entry that cannot be removed never blocks the command: it is renamed
+        ``stuck-*``, reported once (a warning), and from then on tried again
+        quietly by each command."""
         for entry in self.tmp.iterdir():
             owner = entry / _STAGING_LOCK
             if entry.is_dir() and not entry.is_symlink() and owner.exists():
-                fd = os.open(owner, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fd = os.open(owner, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    fd = -1  # its owner file went away meanwhile: its dir is going too
+                if fd < 0:
+                    continue
                 try:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
                         continue  # its owner is still at work
-                    rmtree(entry)
+                    self._remove_leftover(entry)
                 finally:
                     os.close(fd)
             else:
-                rmtree(entry)
+                self._remove_leftover(entry)
+
+    def _remove_leftover(self, path: Path) -> None:
+        """Remove `path` in tmp/; when that fails, set it aside (see `_clean_tmp`)."""
+        try:
+            rmtree(path)
+        except OSError as e:
+            if path.name.startswith(_STUCK):
+                log.debug("leftover %s still cannot be removed: %s", path, e)
+                return
+            stuck = path.with_name(_STUCK + path.name)
+            with contextlib.suppress(OSError):
+                os.rename(path, stuck)
+                path = stuck
+            log.warning(
+                "warning: cannot remove %s (%s); it is left there, and each "
+                "command tries again",
+                path, e.strerror or e,
+            )  # fmt: skip
 
     @contextlib.contextmanager
     def staging(self, what: str) -> Iterator[Path]:
@@ -171,15 +224,30 @@ class StoreBase:
             yield path
         finally:
             try:
-                rmtree(path)
+                self._remove_leftover(path)
             finally:
                 os.close(fd)
+
+    def free_space_reserve(self) -> int:
+        """Bytes a layer being unpacked must leave free on the store's filesystem:
+        ``$UNIONFS_MIN_FREE`` (``0`` for no limit), else 1 GiB or 5% of the
+        filesystem, whichever is less."""
+        text = os.environ.get(MIN_FREE_ENV)
+        if text:
+            try:
+                return parse_size(text)
+            except ValueError:
+                raise UnionfsError(
+                    f"{MIN_FREE_ENV}={text!r}: not a size (such as 500M, 2G or 0)"
+                ) from None
+        st = os.statvfs(self.root)
+        return min(_DEFAULT_MIN_FREE, int(st.f_blocks * st.f_frsize * _DEFAULT_MIN_FREE_SHARE))
 
     def _discard(self, path: Path) -> None:
         """Take `path` out of view in one rename, then delete it."""
         doomed = self.tmp / f"deleted-{secrets.token_hex(8)}"
         os.rename(path, doomed)
-        rmtree(doomed)
+        self._remove_leftover(doomed)
 
     # -- what the parts ask of one another -----------------------------------------
     # Provided by the mixins `Store` is assembled from; declared here so that each
@@ -195,7 +263,9 @@ class StoreBase:
         # layers.py
         def layer_ids(self) -> list[str]: ...
 
-        def _import_layer(self, layer: SourceLayer, report: ImportReport) -> LayerBlob: ...
+        def _import_layer(
+            self, layer: SourceLayer, report: ImportReport, lease: Lease
+        ) -> LayerBlob: ...
 
         # images.py
         def images(self) -> list[ImageRecord]: ...

@@ -2,7 +2,9 @@
 
 `write_json_atomic` writes beside the target and renames over it, so a reader
 sees the old file or the new one, never a part. `rmtree` removes trees the
-store made and tolerates another command removing the same tree at once.
+store made and tolerates another command removing the same tree at once; it
+and `tree_size` walk iteratively, as a tree anyone can write may be of any
+depth.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import stat
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from unionfs.fs.layer import DIR_FLAGS
+from unionfs.fs.treewalk import remove_tree_at, walk_dirs
 from unionfs.store.records import SHA256
 
 _COPY_CHUNK = 1 << 20
@@ -43,16 +46,21 @@ def read_json(path: Path) -> Any:
 
 
 def tree_size(path: Path) -> int:
-    """Apparent bytes of the regular files under `path`, hard links once, no symlinks followed."""
+    """Bytes on disk of the regular files under `path` (allocated blocks, so a
+    sparse file counts what it holds, not its length), hard links once, no
+    symlinks followed; 0 when `path` is not a directory. Iterative, through
+    directory descriptors (`unionfs.fs.treewalk`): a tree of any depth and
+    path length is read."""
     total = 0
     seen: set[tuple[int, int]] = set()
-    stack = [str(path)]
-    while stack:
-        top = stack.pop()
+
+    def count(fd: int) -> list[str]:
+        nonlocal total
+        subdirs: list[str] = []
         try:
-            it = os.scandir(top)
+            it = os.scandir(fd)
         except OSError:
-            continue
+            return subdirs
         with it:
             for entry in it:
                 try:
@@ -60,40 +68,51 @@ def tree_size(path: Path) -> int:
                 except OSError:
                     continue
                 if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
+                    subdirs.append(entry.name)
                 elif stat.S_ISREG(st.st_mode):
                     if st.st_nlink > 1:
                         key = (st.st_dev, st.st_ino)
                         if key in seen:
                             continue
                         seen.add(key)
-                    total += st.st_size
+                    total += st.st_blocks * 512
+        return subdirs
+
+    try:
+        fd = os.open(path, DIR_FLAGS)
+    except OSError:
+        return 0
+    try:
+        walk_dirs(fd, count, open_subdir=_open_readable)
+    except OSError:
+        pass  # a directory moved meanwhile (a container in use): what was counted
+    finally:
+        os.close(fd)
     return total
 
 
+def _open_readable(parent: int, name: str) -> int | None:
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent)
+    except OSError:
+        return None  # vanished, replaced, or not readable: not counted
+
+
 def rmtree(path: Path) -> None:
-    """Remove a tree made by the store. Another command may be removing the same
-    leftover at the same time, so names that vanish meanwhile are not errors."""
+    """Remove a tree made by the store (or renamed into it, such as a container's
+    upper layer that anyone in the container could fill).
 
-    def vanished_ok(func: Any, name: str, exc: Any) -> None:
-        if isinstance(exc[1], FileNotFoundError):
-            return
-        if isinstance(exc[1], PermissionError) and os.geteuid() != 0:
-            # a layer unpacked by a normal user may hold read-only dirs (0555)
-            parent = os.path.dirname(name)
-            os.chmod(parent, 0o700)
-            if os.path.isdir(name) and not os.path.islink(name):
-                os.chmod(name, 0o700)
-                shutil.rmtree(name, onerror=vanished_ok)
-            else:
-                os.unlink(name)
-            return
-        raise exc[1]
-
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, onerror=vanished_ok)
-    else:
-        path.unlink(missing_ok=True)
+    Iterative (`unionfs.fs.treewalk`), so no depth raises RecursionError or runs
+    out of descriptors. Another command may be
+    removing the same leftover at the same time, so names that vanish meanwhile
+    are not errors. A normal user's layer may hold read-only dirs (0555):
+    they are made writable first. Raises OSError when the tree cannot be
+    removed."""
+    parent = os.open(path.parent, DIR_FLAGS)
+    try:
+        remove_tree_at(parent, path.name)
+    finally:
+        os.close(parent)
 
 
 class HashingReader:

@@ -22,6 +22,7 @@ from unionfs.image.sources import SourceLayer
 from unionfs.image.unpack import unpack_layer
 from unionfs.store.base import StoreBase
 from unionfs.store.files import HashingReader, read_json, write_json_atomic
+from unionfs.store.leases import Lease
 from unionfs.store.records import (
     LAYER_SUFFIX,
     OCI_LAYER,
@@ -83,22 +84,25 @@ class LayersMixin(StoreBase):
                 raise UnionfsError(f"layer {p.parent.name[:12]} is missing from the store")
         return paths
 
-    def _import_layer(self, layer: SourceLayer, report: ImportReport) -> LayerBlob:
-        """Unpack one layer unless the store has it; keep its blob for export."""
+    def _import_layer(self, layer: SourceLayer, report: ImportReport, lease: Lease) -> LayerBlob:
+        """Unpack one layer unless the store has it; keep its blob for export.
+
+        The layer and its blob are named in `lease` before they are looked for or
+        put in place, so no garbage collection takes them before the caller's
+        image record names them (`unionfs.store.leases`)."""
         layer_dir = self.layers_dir / hex_of(layer.diff_id)
         with self.locked():
             pass  # creates the store and clears leftovers before the first layer
-        lock_fd = os.open(
-            self.layers_dir / f"{hex_of(layer.diff_id)}.lock",
-            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-            0o600,
-        )
+        # One unpacker per layer: a concurrent import of the same layer waits here
+        # and then finds it in place.
+        lock_path = self.layers_dir / f"{hex_of(layer.diff_id)}.lock"
+        lock_fd = _lock_file(lock_path)
         try:
-            # One unpacker per layer: a concurrent import of the same layer waits here
-            # and then finds it in place.
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            have_layer = (layer_dir / "layer.json").exists()
-            if have_layer and layer.digest is not None and self.blob_path(layer.digest).exists():
+            with self.locked():
+                lease.add(layers=[layer.diff_id], blobs=[layer.digest])
+                have_layer = (layer_dir / "layer.json").exists()
+                have_blob = layer.digest is not None and self.blob_path(layer.digest).exists()
+            if have_layer and have_blob and layer.digest is not None:
                 info = self.layer_info(layer.diff_id)
                 report.layer_done(layer.diff_id, reused=True, info=info)
                 blob = self.blob_path(layer.digest)
@@ -125,6 +129,7 @@ class LayersMixin(StoreBase):
                             expected_digest=layer.digest,
                             expected_diff_id=layer.diff_id,
                             progress=report.layer_progress,
+                            reserve=self.free_space_reserve(),
                         )
                         for w in result.warnings:
                             report.warning(w)
@@ -157,17 +162,48 @@ class LayersMixin(StoreBase):
                 media_type = self._layer_media_type(blob_tmp, detect_compression)
                 size = blob_tmp.stat().st_size
                 with self.locked():
+                    lease.add(blobs=[digest])
                     if not self.blob_path(digest).exists():
                         os.rename(blob_tmp, self.blob_path(digest))
-                    if not have_layer:
+                    # (another import of this layer may have put it in place meanwhile)
+                    if not have_layer and not (layer_dir / "layer.json").exists():
                         os.rename(stage / "layer", layer_dir)
             report.layer_done(layer.diff_id, reused=have_layer, info=info)
             return LayerBlob(layer.diff_id, digest, media_type, size)
         finally:
-            os.close(lock_fd)
+            _unlock_file(lock_path, lock_fd)
 
     @staticmethod
     def _layer_media_type(blob: Path, detect: Callable[[bytes], str]) -> str:
         with open(blob, "rb") as f:
             head = f.read(8)
         return OCI_LAYER + LAYER_SUFFIX[detect(head)]
+
+
+def _lock_file(path: Path) -> int:
+    """Create `path` (if need be) and hold an exclusive flock on it. The file is
+    removed by its holder when done (`_unlock_file`), so none stays behind; a
+    waiter that then holds a removed file's lock tries again with the new one."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _unlock_file(path: Path, fd: int) -> None:
+    """Remove the lock file `path` while holding its lock, then release it."""
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
