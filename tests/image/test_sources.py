@@ -182,16 +182,20 @@ def test_podman_save_of_two_images(images: ImageSet, tmp_path: Path) -> None:
 @requires_image_tools
 def test_oci_layout_with_two_images_and_an_alias(images: ImageSet, tmp_path: Path) -> None:
     """Images added one by one to one layout; the same image under a second name
-    (with differently compressed layers) is one image with both names."""
+    (with differently compressed layers) is the same config through a second
+    manifest: each name keeps its own manifest, as podman's RepoDigests do."""
     layout = tmp_path / "layout"
     export(images.base, "oci", layout, "gzip")
     export(images.app, "oci", layout, "gzip")
     export(images.app, "oci", layout, "zstd", name="example.org/app:stable")
     with open_image_source(layout) as found:
-        assert [i.names for i in found] == [(BASE_TAG,), (APP_TAG, "example.org/app:stable")]
-        base, app = found
+        assert [i.names for i in found] == [(BASE_TAG,), (APP_TAG,), ("example.org/app:stable",)]
+        base, app, alias = found
         check_image(base, images.base, compression="gzip", has_manifest=True)
         check_image(app, images.app, compression="gzip", has_manifest=True)
+        check_image(alias, images.app, compression="zstd", has_manifest=True)
+        assert alias.config_digest == app.config_digest
+        assert alias.manifest_digest != app.manifest_digest
         assert [la.digest for la in app.layers[:3]] == [la.digest for la in base.layers]
 
 

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import platform
 import re
 from collections.abc import Callable, Iterator
@@ -63,9 +64,11 @@ ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 ANNOTATION_REFERENCE_TYPE = "vnd.docker.reference.type"
 
 _NESTING_LIMIT = 4  # index -> index -> ... -> manifest
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_BLOB_PATH_RE = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
-_CONFIG_PATH_RE = re.compile(r"^([0-9a-f]{64})\.json$")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_BLOB_PATH_RE = re.compile(r"blobs/sha256/([0-9a-f]{64})")
+_CONFIG_PATH_RE = re.compile(r"([0-9a-f]{64})\.json")
+# A ref name with no repository: a tag, as skopeo's oci:DIR:TAG writes it.
+_BARE_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 # Go's GOARCH names, as image platforms use them.
 _ARCHITECTURES = {
@@ -119,7 +122,10 @@ class SourceImage:
     names: tuple[str, ...]
     """References the source gives the image, as found, without repeats: RepoTags of
     ``manifest.json`` first, then the index annotations ``io.containerd.image.name``
-    and ``org.opencontainers.image.ref.name`` (which may be a bare tag)."""
+    and ``org.opencontainers.image.ref.name``; a ref name that is a bare tag
+    (``1.0``, as skopeo writes) becomes ``localhost/<source name>:1.0``."""
+    ref_names: tuple[str, ...] = ()
+    """The ``org.opencontainers.image.ref.name`` annotations of its index entries."""
 
 
 def host_architecture() -> str:
@@ -132,12 +138,47 @@ def host_architecture() -> str:
 def open_image_source(path: Path) -> Iterator[list[SourceImage]]:
     """Open the docker save archive, OCI layout or oci-archive at `path`.
 
-    Yields every image it holds, de-duplicated by config digest (names merged); the
-    layers' readers work until the context ends. Raises :class:`UnionfsError` with
+    Yields every image it holds, de-duplicated by config digest (names merged),
+    except that one config reached through several complete OCI manifests is one
+    image per manifest, each with its own names; the layers' readers work until
+    the context ends. Raises :class:`UnionfsError` with
     one line for anything that makes the source unusable.
     """
+    path, ref = split_source_ref(path)
     with open_files(path) as files:
-        yield _read_images(files)
+        images = _read_images(files, _local_name(path))
+        yield images if ref is None else _select(files, images, ref)
+
+
+def split_source_ref(path: Path) -> tuple[Path, str | None]:
+    """``DIR:REF`` (skopeo's ``oci:DIR:REF``) -> (DIR, REF) when PATH itself does
+    not exist but DIR does; else (PATH, None)."""
+    text = str(path)
+    head, colon, ref = text.rpartition(":")
+    if not colon or not head or not ref or "/" in ref or os.path.lexists(text):
+        return path, None
+    return (Path(head), ref) if os.path.exists(head) else (path, None)
+
+
+def _select(files: SourceFiles, images: list[SourceImage], ref: str) -> list[SourceImage]:
+    """The image whose index entry is named `ref` (``org.opencontainers.image.ref.name``,
+    as skopeo's ``oci:`` transport matches it), or a full name it was given."""
+    chosen = [i for i in images if ref in i.ref_names or ref in i.names]
+    if not chosen:
+        have = ", ".join(dict.fromkeys(n for i in images for n in i.ref_names)) or "none"
+        raise UnionfsError(f"{files.label} has no image named {ref!r}; its ref names: {have}")
+    return chosen[:1]
+
+
+def _local_name(path: Path) -> str:
+    """The repository an image named only by a tag gets: ``localhost/`` and the
+    source's name (``localhost/demo`` for a layout dir or ``demo.tar``), as podman
+    names an image from an OCI layout."""
+    stem = path.resolve().name.lower()
+    for suffix in (".tar", ".tgz", ".gz", ".zst", ".tar"):
+        stem = stem.removesuffix(suffix)
+    stem = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("._-") or "image"
+    return f"localhost/{stem}"
 
 
 # --------------------------------------------------------------------------- JSON
@@ -148,6 +189,8 @@ def _parse_json(files: SourceFiles, data: bytes, what: str) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise UnionfsError(f"{files.label}: {what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UnionfsError(f"{files.label}: {what} nests too deeply to be read") from None
 
 
 def _malformed(files: SourceFiles, what: str, problem: str) -> UnionfsError:
@@ -184,7 +227,7 @@ def _descriptor(files: SourceFiles, value: Any, what: str) -> _Descriptor:
     digest = value.get("digest")
     if not isinstance(digest, str):
         raise _malformed(files, what, "a descriptor has no digest")
-    if not _DIGEST_RE.match(digest):
+    if not _DIGEST_RE.fullmatch(digest):
         raise _malformed(files, what, f"unsupported digest {digest!r} (sha256 only)")
     media_type = value.get("mediaType", "")
     size = value.get("size")
@@ -227,7 +270,7 @@ def _diff_ids(files: SourceFiles, config: bytes, what: str) -> list[str]:
     if not isinstance(diff_ids, list):
         raise _malformed(files, what, "no rootfs.diff_ids list")
     for d in diff_ids:
-        if not isinstance(d, str) or not _DIGEST_RE.match(d):
+        if not isinstance(d, str) or not _DIGEST_RE.fullmatch(d):
             raise _malformed(files, what, f"rootfs.diff_ids holds {d!r}")
     return diff_ids
 
@@ -255,25 +298,46 @@ class _Candidate:
     manifest_digest: str | None
     layers: list[_LayerRef]
     names: list[str] = field(default_factory=list)
+    ref_names: list[str] = field(default_factory=list)
 
 
-def _read_images(files: SourceFiles) -> list[SourceImage]:
+def _read_images(files: SourceFiles, local_name: str) -> list[SourceImage]:
     has_index = files.find("index.json") is not None
     has_docker_manifest = files.find("manifest.json") is not None
     if not has_index and not has_docker_manifest:
         raise UnionfsError(f"{files.label} {NOT_RECOGNISED}")
     candidates: list[_Candidate] = []
     if has_index:
-        candidates += _oci_candidates(files)
+        candidates += _oci_candidates(files, local_name)
     if has_docker_manifest:
         candidates += _docker_candidates(files)
     groups: dict[str, list[_Candidate]] = {}
     for c in candidates:
         groups.setdefault(c.config_digest, []).append(c)
-    images = [_assemble(files, group) for group in groups.values()]
+    images = [image for group in groups.values() for image in _per_manifest(files, group)]
     if not images:
         raise UnionfsError(f"{files.label} holds no image")
     return images
+
+
+def _per_manifest(files: SourceFiles, group: list[_Candidate]) -> list[SourceImage]:
+    """The images of one config: one per distinct complete OCI manifest, each with
+    the names of its own index entries (one config saved gzip and zstd keeps both
+    manifests); manifest.json's names go with the manifest whose index entries name
+    them too, else with the first."""
+    by_manifest: dict[str, list[_Candidate]] = {}
+    for c in group:
+        if c.manifest_digest is not None and len(c.layers) == len(c.diff_ids):
+            by_manifest.setdefault(c.manifest_digest, []).append(c)
+    if len(by_manifest) <= 1:
+        return [_assemble(files, group)]
+    docker = [c for c in group if c.from_docker_manifest]
+    subgroups = list(by_manifest.values())
+    for d in docker:
+        owner = next((g for g in subgroups if set(d.names) & {n for c in g for n in c.names}),
+                     subgroups[0])  # fmt: skip
+        owner.append(d)
+    return [_assemble(files, g) for g in subgroups]
 
 
 def _assemble(files: SourceFiles, group: list[_Candidate]) -> SourceImage:
@@ -300,10 +364,11 @@ def _assemble(files: SourceFiles, group: list[_Candidate]) -> SourceImage:
         manifest_digest=chosen.manifest_digest,
         layers=layers,
         names=tuple(dict.fromkeys(names)),
+        ref_names=tuple(dict.fromkeys(n for c in group for n in c.ref_names)),
     )
 
 
-def _oci_candidates(files: SourceFiles) -> list[_Candidate]:
+def _oci_candidates(files: SourceFiles, local_name: str) -> list[_Candidate]:
     index = _parse_json(files, files.read("index.json", "index.json"), "index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise _malformed(files, "index.json", "no manifests list")
@@ -317,12 +382,18 @@ def _oci_candidates(files: SourceFiles) -> list[_Candidate]:
             for key in (ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME)
             if desc.annotations.get(key)
         ]
+        ref_name = desc.annotations.get(ANNOTATION_REF_NAME)
+        # A bare tag names the image only where nothing else does (docker 25 writes
+        # its tag beside the full name in io.containerd.image.name).
+        if ref_name and _BARE_TAG_RE.fullmatch(ref_name) and len(names) == 1:
+            names = [f"{local_name}:{ref_name}" if n == ref_name else n for n in names]
         manifest_desc = _image_manifest(files, desc, 0)
         if manifest_desc is None:
             continue
         candidate = _oci_candidate(files, manifest_desc)
         if candidate is not None:
             candidate.names = names
+            candidate.ref_names = [ref_name] if ref_name else []
             out.append(candidate)
     return out
 
@@ -437,7 +508,7 @@ def _docker_candidates(files: SourceFiles) -> list[_Candidate]:
         config_name = _source_path(files, item.get("Config"), "Config")
         config = files.read(config_name, f"config {config_name}")
         config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-        match = _CONFIG_PATH_RE.match(config_name) or _BLOB_PATH_RE.match(config_name)
+        match = _CONFIG_PATH_RE.fullmatch(config_name) or _BLOB_PATH_RE.fullmatch(config_name)
         if match and f"sha256:{match.group(1)}" != config_digest:
             raise UnionfsError(
                 f"{files.label}: config digest mismatch: {config_name} hashes to {config_digest}"
@@ -452,7 +523,7 @@ def _docker_candidates(files: SourceFiles) -> list[_Candidate]:
         for value in layer_paths:
             name = _source_path(files, value, "a layer")
             # Only the OCI layout's content-addressed names say what the digest is.
-            blob_match = _BLOB_PATH_RE.match(name)
+            blob_match = _BLOB_PATH_RE.fullmatch(name)
             digest = f"sha256:{blob_match.group(1)}" if blob_match else None
             blob = files.find(name)
             if blob is None:

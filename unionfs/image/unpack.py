@@ -72,13 +72,17 @@ def unpack_layer(
     expected_diff_id: str | None = None,
     whiteouts: WhiteoutForm | None = None,
     progress: Callable[[int], object] | None = None,
+    reserve: int | None = None,
 ) -> UnpackResult:
     """Unpack the layer blob read from `src` into the empty directory `dest`.
 
     `src` is read sequentially to its end, never seeked. `whiteouts` picks the
     form whiteouts are written in (default: ``overlay`` for root, else ``oci``).
     `progress` is called with the number of blob bytes read so far, at most
-    about ten times a second and once at the end.
+    about ten times a second and once at the end. `reserve`, when given, is
+    the free space in bytes the layer must leave on `dest`'s filesystem: it is
+    refused as it unpacks, before it takes that space. Sparse members stay
+    sparse (their holes are not written).
 
     Raises `LayerError` (one line) when the blob is corrupt or truncated, when
     a digest differs from the expected one, or when an entry would escape
@@ -94,7 +98,7 @@ def unpack_layer(
     if form not in ("overlay", "oci"):
         raise ValueError(f"unknown whiteout form {form!r}")
     try:
-        result = _unpack(src, os.fspath(dest), form, progress)
+        result = _unpack(src, os.fspath(dest), form, progress, reserve)
     except Refused as e:
         raise LayerError(f"{label}: {e}") from None
     for name, expected, actual in (
@@ -111,7 +115,11 @@ def unpack_layer(
 
 
 def _unpack(
-    src: Readable, dest: str, form: WhiteoutForm, progress: Callable[[int], object] | None
+    src: Readable,
+    dest: str,
+    form: WhiteoutForm,
+    progress: Callable[[int], object] | None,
+    reserve: int | None,
 ) -> UnpackResult:
     root_fd = os.open(dest, DIR_FLAGS)
     try:
@@ -120,7 +128,7 @@ def _unpack(
                 raise Refused(f"destination {dest} is not empty")
         source = Source(src, progress)
         kind, decoder = open_decoder(source)
-        tree = Tree(root_fd, form)
+        tree = Tree(root_fd, form, reserve)
         try:
             entries = _extract(decoder, tree)
             try:
@@ -146,12 +154,50 @@ class _StreamTar(tarfile.TarFile):
     """A stream-mode TarFile that does not keep every member it has read."""
 
     members: list[tarfile.TarInfo]  # set by TarFile.__init__ (absent from the stubs)
+    offset: int  # where the next header starts (absent from the stubs)
+    firstmember: tarfile.TarInfo | None
+    _last: tarfile.TarInfo | None = None
 
     def next(self) -> tarfile.TarInfo | None:
+        # (TarFile.__init__ reads the first member ahead: `firstmember`.)
+        if self.firstmember is None and self._last is not None and self._past_last() is None:
+            return None
         info = super().next()
         # Stream mode never looks members up again (hard links are ours to make).
         self.members.clear()
+        self._last = info
         return info
+
+    def _past_last(self) -> int | None:
+        """Read to the end of the last member's data and padding. The stream may end
+        in the padding of the last member (umoci writes such layers; Go's
+        archive/tar, so podman, skopeo and umoci, read them): the archive ends
+        there, None. A stream that ends inside a member's data is refused."""
+        last = self._last
+        assert last is not None
+        f = self.fileobj
+        assert f is not None
+        if self.offset == f.tell():
+            return self.offset
+        if last.issparse():  # `size` is the file's length; its data is what is stored
+            data_end = self.offset
+        else:
+            data_end = last.offset_data + last.size if last.isreg() else f.tell()
+        if f.tell() < data_end:
+            f.seek(data_end - 1)  # a stream reads forward
+            if not f.read(1):
+                raise Refused(
+                    f"truncated tar member {show(raw(last.name))}: the layer ends inside "
+                    f"its data ({last.size} bytes declared)"
+                )
+        padding = self.offset - f.tell()
+        got = f.read(padding)
+        if len(got) < padding:
+            if got.strip(b"\0"):
+                raise Refused(f"corrupt tar stream after {show(raw(last.name))}: "
+                              "the padding after its data is not zeros")  # fmt: skip
+            return None
+        return self.offset
 
 
 def _extract(decoder: Decoder, tree: Tree) -> int:
@@ -182,11 +228,14 @@ def _extract(decoder: Decoder, tree: Tree) -> int:
             try:
                 tree.add(info, tar)
             except tarfile.TarError:
-                raise Refused(f"truncated tar member {previous}") from None
+                raise Refused(
+                    f"truncated tar member {previous}: the layer ends inside its data "
+                    f"({info.size} bytes declared)"
+                ) from None
             except OSError as e:
                 raise Refused(f"{previous}: {e.strerror or e}") from None
-            except RecursionError:  # shutil.rmtree replacing a very deep tree
-                raise Refused(f"{previous}: replaces a directory tree too deep") from None
+            except (OverflowError, ValueError) as e:  # a number no system call takes
+                raise Refused(f"{previous}: {e}") from None
         # The archive ends at an end-of-archive block, at garbage, or where the
         # stream ends (some writers stop after the last member); a stream that
         # ends inside a header block was cut short.

@@ -253,9 +253,8 @@ class _Source:
     layers: tuple[tuple[str, str], ...]
     """(diff_id, blob digest) of each layer, bottom first."""
 
-    @property
-    def manifest_digest(self) -> str:
-        return self.image.manifest_digest
+    manifest_digest: str
+    """The manifest of the tag exported (`ImageRecord.manifest_for`)."""
 
     def platform(self) -> dict[str, str]:
         """The index descriptor's platform, from the config."""
@@ -292,7 +291,8 @@ def _open_source(
             raise UnionfsError(f"{label}: the store's {what} blob {digest} is damaged")
         return data
 
-    manifest = read_small(image.manifest_digest, "manifest")
+    manifest_digest = image.manifest_for(reference)
+    manifest = read_small(manifest_digest, "manifest")
     config = read_small(image.id, "config")
     try:
         doc = json.loads(manifest)
@@ -300,21 +300,23 @@ def _open_source(
         manifest_type = doc.get("mediaType") or OCI_MANIFEST
         config_digest = doc["config"]["digest"]
         layer_digests = [layer["digest"] for layer in doc["layers"]]
+        layer_sizes = [layer.get("size") for layer in doc["layers"]]
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UnionfsError(f"{label}: the store's manifest is not an image manifest") from None
     if (
         manifest_type not in MANIFEST_TYPES
         or config_digest != image.id
-        or layer_digests != [la.digest for la in image.layers]
+        or layer_digests != list(image.layer_blobs_for(reference))
+        or len(layer_digests) != len(image.layers)
         or not isinstance(config_doc, dict)
     ):
         raise UnionfsError(f"{label}: the store's manifest does not match the image record")
-    for i, layer in enumerate(image.layers):
-        blob = open_blob(layer.digest, f"layer {i + 1}")
-        if blob.size != layer.size:
+    for i, (digest, size) in enumerate(zip(layer_digests, layer_sizes, strict=True)):
+        blob = open_blob(digest, f"layer {i + 1}")
+        if blob.size != size:
             raise UnionfsError(
-                f"{label}: layer {i + 1} blob {layer.digest} is {blob.size} bytes, "
-                f"the store recorded {layer.size}"
+                f"{label}: layer {i + 1} blob {digest} is {blob.size} bytes, "
+                f"the manifest says {size}"
             )
     return _Source(
         image=image,
@@ -324,7 +326,8 @@ def _open_source(
         config=config,
         config_doc=config_doc,
         blobs=blobs,
-        layers=tuple((la.diff_id, la.digest) for la in image.layers),
+        layers=tuple(zip(image.diff_ids, layer_digests, strict=True)),
+        manifest_digest=manifest_digest,
     )
 
 

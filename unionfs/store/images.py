@@ -10,6 +10,7 @@ store lock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ from unionfs.image.sources import SourceImage, open_image_source
 from unionfs.store.base import StoreBase
 from unionfs.store.files import read_json, write_json_atomic
 from unionfs.store.layers import ImportReport, QuietReport
+from unionfs.store.leases import Lease, holding_lease
 from unionfs.store.mounted import mounts_of_image
 from unionfs.store.records import (
     SHA256,
@@ -94,7 +96,7 @@ class ImagesMixin(StoreBase):
                 return self.image(image_id)
         if digest is not None:
             for image in self.images():
-                if image.manifest_digest == digest and (
+                if digest in image.manifest_digests and (
                     name in {r.name for r, i in tags.items() if i == image.id}
                 ):
                     return image
@@ -115,10 +117,10 @@ class ImagesMixin(StoreBase):
     ) -> list[Imported]:
         """Import every image of a docker save archive, OCI layout or oci-archive."""
         report = report or QuietReport()
-        with open_image_source(path) as images:
+        with open_image_source(path) as images, holding_lease(self) as lease:
             if not images:
                 raise UnionfsError(f"{path} holds no image")
-            if name is not None and len(images) > 1:
+            if name is not None and len({i.config_digest for i in images}) > 1:
                 raise UnionfsError(
                     f"{path} holds {len(images)} images: import it without a name "
                     "(their own names are used), then tag them"
@@ -131,19 +133,21 @@ class ImagesMixin(StoreBase):
                 else:
                     found = (refs.source_reference(n) for n in src.names)
                     wanted = list(dict.fromkeys(r for r in found if r is not None))
-                results.append(self._import_image(src, wanted, report))
+                results.append(self._import_image(src, wanted, report, lease))
             return results
 
     def _import_image(
-        self, src: SourceImage, wanted: list[Reference], report: ImportReport
+        self, src: SourceImage, wanted: list[Reference], report: ImportReport, lease: Lease
     ) -> Imported:
+        """Unpack the layers, store config and manifest, then write the record and tags.
+        Everything put in the store before the record names it is named in `lease`."""
         config_digest = SHA256 + hashlib.sha256(src.config).hexdigest()
         if config_digest != src.config_digest:
             raise UnionfsError(f"image config digest mismatch: {src.config_digest}")
         try:
             config = json.loads(src.config)
             diff_ids = list(config["rootfs"]["diff_ids"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise UnionfsError(
                 f"image {short_id(config_digest)}: config has no rootfs.diff_ids"
             ) from None
@@ -157,13 +161,15 @@ class ImagesMixin(StoreBase):
             if layer.diff_id != diff_ids[i]:
                 raise UnionfsError(f"layer {i + 1}: diff_id differs from the config's")
             report.layer_start(i, len(src.layers), layer.diff_id, layer.size)
-            layers.append(self._import_layer(layer, report))
+            layers.append(self._import_layer(layer, report, lease))
+        if src.manifest is not None and src.manifest_digest is not None:
+            manifest_bytes, repo_digest = src.manifest, True
+        else:
+            manifest_bytes, repo_digest = self._make_manifest(src.config, layers), False
+        with self.locked():
+            lease.add(blobs=[config_digest, SHA256 + hashlib.sha256(manifest_bytes).hexdigest()])
         with self.staging("image") as stage:
             self._put_blob_bytes(stage, src.config)
-            if src.manifest is not None and src.manifest_digest is not None:
-                manifest_bytes, repo_digest = src.manifest, True
-            else:
-                manifest_bytes, repo_digest = self._make_manifest(src.config, layers), False
             manifest_digest = self._put_blob_bytes(stage, manifest_bytes)
             record = ImageRecord(
                 config_digest, manifest_digest, tuple(layers), now_rfc3339(), repo_digest
@@ -171,7 +177,12 @@ class ImagesMixin(StoreBase):
             with self.locked():
                 existing = self.image(config_digest)
                 if existing is not None:
-                    record = existing
+                    record = _with_tag_manifests(
+                        existing, wanted, manifest_digest, repo_digest, layers
+                    )
+                    if record != existing:
+                        write_json_atomic(self.images_dir / f"{hex_of(config_digest)}.json",
+                                          record.to_json())  # fmt: skip
                 else:
                     write_json_atomic(self.images_dir / f"{hex_of(config_digest)}.json",
                                        record.to_json())  # fmt: skip
@@ -237,3 +248,18 @@ class ImagesMixin(StoreBase):
             lines.append(f"Deleted: {image.id}")
             lines += self.collect_garbage()
             return lines
+
+
+def _with_tag_manifests(
+    image: ImageRecord, tags: list[Reference], manifest_digest: str, repo_digest: bool,
+    layers: list[LayerBlob],
+) -> ImageRecord:  # fmt: skip
+    """`image` with `tags` keeping the manifest they came with, and its layer blobs
+    (a source's own manifest only: one made here for a legacy archive names nothing
+    new)."""
+    names = {str(t) for t in tags}
+    keep = [t for t in image.tag_manifests if t[0] not in names]
+    if repo_digest and manifest_digest != image.manifest_digest:
+        blobs = tuple(la.digest for la in layers)
+        keep += [(name, manifest_digest, blobs) for name in names]
+    return dataclasses.replace(image, tag_manifests=tuple(sorted(keep)))

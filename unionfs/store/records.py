@@ -88,25 +88,66 @@ class ImageRecord:
     layers: tuple[LayerBlob, ...]  # bottom first
     imported: str
     repo_digest: bool  # the manifest came from the source (a registry digest), not made here
+    tag_manifests: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    """(NAME:TAG, manifest digest, layer blob digests) of the tags that came with a
+    manifest of their own (one config saved gzip and zstd, say); the other tags'
+    are `manifest_digest` and the blobs of `layers`."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "id": self.id,
             "manifest_digest": self.manifest_digest,
             "layers": [la.to_json() for la in self.layers],
             "imported": self.imported,
             "repo_digest": self.repo_digest,
         }
+        if self.tag_manifests:
+            d["tag_manifests"] = {
+                ref: {"manifest_digest": m, "layer_digests": list(blobs)}
+                for ref, m, blobs in self.tag_manifests
+            }
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ImageRecord:
+        tags = d.get("tag_manifests") or {}
         return cls(
             d["id"],
             d["manifest_digest"],
             tuple(LayerBlob.from_json(x) for x in d["layers"]),
             d["imported"],
             bool(d.get("repo_digest", False)),
+            tuple(
+                (ref, v["manifest_digest"], tuple(v["layer_digests"]))
+                for ref, v in sorted(tags.items())
+            ),
         )
+
+    def _tag(self, ref: Reference | str | None) -> tuple[str, str, tuple[str, ...]] | None:
+        return next((t for t in self.tag_manifests if ref and t[0] == str(ref)), None)
+
+    def manifest_for(self, ref: Reference | str | None) -> str:
+        """The manifest digest the tag `ref` came with (the image's, by default)."""
+        tag = self._tag(ref)
+        return tag[1] if tag else self.manifest_digest
+
+    def layer_blobs_for(self, ref: Reference | str | None) -> tuple[str, ...]:
+        """The layer blob digests of `manifest_for(ref)`, bottom first."""
+        tag = self._tag(ref)
+        return tag[2] if tag else tuple(la.digest for la in self.layers)
+
+    @property
+    def manifest_digests(self) -> tuple[str, ...]:
+        """Every manifest this image is known by, its own first."""
+        return tuple(dict.fromkeys([self.manifest_digest, *(t[1] for t in self.tag_manifests)]))
+
+    @property
+    def blobs(self) -> set[str]:
+        """Every blob the image uses: config, manifests, layer blobs of every tag."""
+        out = {self.id, *self.manifest_digests, *(la.digest for la in self.layers)}
+        for _, _, layer_blobs in self.tag_manifests:
+            out.update(layer_blobs)
+        return out
 
     @property
     def diff_ids(self) -> tuple[str, ...]:
