@@ -148,10 +148,39 @@ def test_mkdir_over_a_removed_lower_dir_is_opaque(env: Env) -> None:
     assert stat.S_ISCHR((env.upper_dir / "var/lib").lstat().st_mode)
     node = env.fs.mkdir(var.ino, b"lib", 0o755, 0, 0)
     assert os.getxattr(env.upper_dir / "var/lib", "trusted.overlay.opaque") == b"y"
-    assert (env.upper_dir / "var/lib/.wh..wh..opq").exists()
+    # The xattr alone: kernel overlayfs would list an OCI marker beside it.
+    assert not (env.upper_dir / "var/lib/.wh..wh..opq").exists()
     fh = env.fs.opendir(node.ino)
     assert [n for n, _, _ in env.fs.readdir(fh, 0)] == [b".", b".."]
     env.fs.releasedir(fh)
+
+
+def test_opaque_marker_only_in_oci_mode(tmp_path: Path) -> None:
+    """With OCI whiteouts an opaque directory also gets ``.wh..wh..opq`` (and the
+    xattr); the directory keeps its times."""
+    e = Env(tmp_path, oci=True)
+    try:
+        lib = e.walk("var/lib")
+        e.fs.unlink(lib.ino, b"db")
+        var = e.walk("var")
+        e.fs.rmdir(var.ino, b"lib")
+        e.fs.mkdir(var.ino, b"lib", 0o755, 0, 0)
+        made = e.upper_dir / "var/lib"
+        assert (made / ".wh..wh..opq").is_file()
+        assert os.getxattr(made, "trusted.overlay.opaque") == b"y"
+        assert list(e.fs.listxattr(e.walk("var/lib").ino)) == []
+    finally:
+        e.close()
+
+
+def test_mknod_of_a_whiteout_device_is_refused(env: Env) -> None:
+    """As overlayfs: a character device 0/0 is what a whiteout is made of."""
+    with pytest.raises(OSError) as e:
+        env.fs.mknod(ROOT_INO, b"wh", stat.S_IFCHR | 0o600, 0, 0, 0)
+    assert e.value.errno == errno.EPERM
+    assert not (env.upper_dir / "wh").exists()
+    env.fs.mknod(ROOT_INO, b"null", stat.S_IFCHR | 0o666, os.makedev(1, 3), 0, 0)
+    assert (env.upper_dir / "null").lstat().st_rdev == os.makedev(1, 3)
 
 
 def test_rmdir_of_a_merged_non_empty_dir(env: Env) -> None:
@@ -169,7 +198,8 @@ def test_rename_of_a_lower_file_leaves_a_whiteout(env: Env) -> None:
     assert env.walk("hosts2").ino == ino
 
 
-def test_rename_of_a_dir_with_lower_content_is_exdev(env: Env) -> None:
+def test_rename_of_a_dir_with_lower_content_is_exdev_without_redirects(env: Env) -> None:
+    env.fs.redirect_dir = False  # the mount option redirect_dir=off
     with pytest.raises(OSError) as e:
         env.fs.rename(ROOT_INO, b"var", ROOT_INO, b"var2", 0)
     assert e.value.errno == errno.EXDEV
@@ -259,3 +289,29 @@ def test_whiteout_in_a_lower_layer_hides_until_recreated(tmp_path: Path) -> None
         fs.close()
         for la in layers:
             la.close()
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def test_fallocate_modes_on_a_copied_up_file(env: Env) -> None:
+    """fallocate on a file open for writing (so copied up): mode 0 extends it,
+    KEEP_SIZE allocates without changing the size, PUNCH_HOLE zeroes a range."""
+    motd = env.walk("etc/motd")
+    fh = env.fs.open(motd.ino, os.O_RDWR)
+    try:
+        env.fs.fallocate(fh, 0, 0, 8192)
+        assert os.fstat(fh).st_size == 8192
+        env.fs.fallocate(fh, FALLOC_FL_KEEP_SIZE, 8192, 65536)
+        st = os.fstat(fh)
+        assert st.st_size == 8192 and st.st_blocks * 512 >= 8192 + 65536
+        env.fs.fallocate(fh, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 2)
+        assert env.fs.read(fh, 0, 5) == b"\0\0d\n\0"
+        with pytest.raises(OSError) as e:
+            env.fs.fallocate(fh, FALLOC_FL_PUNCH_HOLE, 0, 2)  # needs KEEP_SIZE
+        assert e.value.errno == errno.EOPNOTSUPP
+    finally:
+        env.fs.release(fh)
+    assert (env.upper_dir / "etc/motd").stat().st_size == 8192
+    assert (env.lowers[0] / "etc/motd").read_bytes() == b"mid\n"

@@ -71,10 +71,10 @@ OPS_ENV = "UNIONFS_RANDOM_OPS"
 SHRINK_ENV = "UNIONFS_RANDOM_SHRINK_SECONDS"
 DEFAULT_SHRINK_SECONDS = 60.0
 
-#: Pin the kernel's behaviour to the one unionfs copies: no redirects (renaming a
-#: directory with lower content is EXDEV), no inode index (copy-up of one name of a
-#: hard-link group breaks the group), no metadata-only copy-up.
-KERNEL_OPTS = ("redirect_dir=off", "index=off", "metacopy=off")
+#: Pin the kernel's behaviour to the one unionfs copies: redirects (a directory
+#: with lower content is renamed with a redirect to it), no inode index (copy-up of
+#: one name of a hard-link group breaks the group), no metadata-only copy-up.
+KERNEL_OPTS = ("redirect_dir=on", "index=off", "metacopy=off")
 
 #: ``mtime_ns`` of a node whose mtime was set during the run (see ``settle``).
 RECENT = -1

@@ -28,7 +28,7 @@ from typing import TypeAlias
 
 import pytest
 
-from tests.support.kernel import TmpMounts, overlay_options
+from tests.support.kernel import WAIT_LIMIT, TmpMounts, overlay_options
 from tests.support.stack import (
     OCI_OPAQUE,
     Device,
@@ -57,10 +57,10 @@ from tests.support.tree import (
 pytestmark = pytest.mark.mount
 
 #: Pin the kernel's behaviour to the one unionfs copies (these are also the module
-#: defaults here): no redirects (a directory with lower content cannot be renamed:
-#: EXDEV), no inode index (copy-up of one name of a hard-link group breaks the
-#: group), no metadata-only copy-up.
-KERNEL_OPTS = ("redirect_dir=off", "index=off", "metacopy=off")
+#: defaults here): redirects (a directory with lower content is renamed with a
+#: redirect to it), no inode index (copy-up of one name of a hard-link group breaks
+#: the group), no metadata-only copy-up.
+KERNEL_OPTS = ("redirect_dir=on", "index=off", "metacopy=off")
 
 #: ``mtime_ns`` of a node whose mtime was set during the run (see the module doc).
 RECENT = -1
@@ -187,9 +187,8 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
 def layer_view(snap: Mapping[str, Node]) -> dict[str, Node]:
-    """A raw upper directory as a layer: without ``trusted.overlay.*`` xattrs and
-    without the ``.wh..wh..opq`` files unionfs adds to opaque directories for OCI
-    readers (``opaque_marker_problems`` checks those).
+    """A raw upper directory as a layer: without ``trusted.overlay.*`` xattrs
+    (``opaque_marker_problems`` checks that unionfs wrote no OCI opaque entry).
 
     Each implementation keeps its own bookkeeping in ``trusted.overlay.*`` (origin,
     impure, ...), and the kernel also marks directories opaque where nothing below
@@ -204,8 +203,6 @@ def layer_view(snap: Mapping[str, Node]) -> dict[str, Node]:
     """
     out: dict[str, Node] = {}
     for p, node in snap.items():
-        if os.path.basename(p) == OCI_OPAQUE:
-            continue
         n = node
         if n.type == "chardev" and n.rdev == (0, 0):
             n = replace(n, nlink=None)
@@ -217,27 +214,14 @@ def layer_view(snap: Mapping[str, Node]) -> dict[str, Node]:
 
 
 def opaque_marker_problems(raw: Mapping[str, Node]) -> list[str]:
-    """Opaque directories in an upper written by unionfs carry both markers: the
-    ``trusted.overlay.opaque=y`` xattr (for overlayfs) and an empty ``.wh..wh..opq``
-    file (for OCI tools); nothing else may be called ``.wh..wh..opq``."""
-    out = []
-    for p, n in raw.items():
-        if n.type != "dir":
-            continue
-        xattr = (n.xattrs or {}).get(OPAQUE_XATTR) == b"y"
-        marker = raw.get(OCI_OPAQUE if p == "." else f"{p}/{OCI_OPAQUE}")
-        if xattr and marker is None:
-            out.append(f"{p}: {OPAQUE_XATTR}=y but no {OCI_OPAQUE} inside")
-        if marker is not None and not xattr:
-            out.append(f"{p}: {OCI_OPAQUE} inside but no {OPAQUE_XATTR}=y")
-        if marker is not None and (marker.type != "file" or marker.size != 0):
-            out.append(f"{p}/{OCI_OPAQUE}: not an empty file ({marker.type}, {marker.size})")
-    return out
-
-
-def without_opq(snap: Mapping[str, Node]) -> dict[str, Node]:
-    """Kernel overlayfs shows unionfs's ``.wh..wh..opq`` markers as plain files."""
-    return {p: n for p, n in snap.items() if os.path.basename(p) != OCI_OPAQUE}
+    """An upper written by unionfs in the overlayfs whiteout form marks opaque
+    directories with the ``trusted.overlay.opaque=y`` xattr alone: kernel overlayfs
+    mounting that upper would list a ``.wh..wh..opq`` entry as a file."""
+    return [
+        f"{p}: {OCI_OPAQUE} in an upper written with overlayfs whiteouts"
+        for p in raw
+        if os.path.basename(p) == OCI_OPAQUE
+    ]
 
 
 def run_once(
@@ -455,7 +439,7 @@ def as_user(m: Path, script: str, uid: int = 1000, gid: int = 1000) -> str:
             pass_fds=(fd,),
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=WAIT_LIMIT,
             check=False,
         )
     finally:
@@ -1152,8 +1136,8 @@ def rename_exchange_lower_dir(m: Path) -> None:
 
 
 def rename_exchange_lower_file_and_merged_dir(m: Path) -> None:
-    """EXDEV (the dir cannot move without redirects) before any copy-up: the file
-    and its parent stay in the lower layer, its hard link group unbroken."""
+    """A lower file exchanged with a merged dir: both move, the dir with a
+    redirect to its lower content."""
     renameat2(m / "data/linked", m / "srv/merged", RENAME_EXCHANGE)
 
 
@@ -1279,7 +1263,8 @@ def sed_in_place(m: Path) -> object:
 
 
 def mv_lower_dir(m: Path) -> object:
-    """mv falls back to copy and delete when rename says EXDEV."""
+    """mv of a lower dir across dirs: one rename, with an absolute redirect
+    (``test_redirect_diff`` checks the EXDEV fallback of redirect_dir=off)."""
     proc = subprocess.run(
         ["mv", str(m / "data/tree"), str(m / "srv/tree")], capture_output=True, check=False
     )
@@ -1515,7 +1500,7 @@ OPERATIONS: dict[str, Op] = {
     # tools
     "mmap write to a lower file": mmap_write_lower,
     "sed -i on a lower file": sed_in_place,
-    "mv of a lower dir (EXDEV fallback)": mv_lower_dir,
+    "mv of a lower dir": mv_lower_dir,
     "cp -a of a merged dir": cp_archive_into,
     "cp -a of a lower hard-link pair": cp_archive_hard_links,
     # ownership and permissions
@@ -1540,28 +1525,7 @@ UPPER_SUBSET = {
 }
 
 
-#: Where unionfs differs from the kernel on purpose (README, "Hard links of a lower
-#: layer"): on a writable mount each name of a lower hard link is an inode of its
-#: own, where overlayfs shows one st_ino until a copy-up breaks the group.
-KNOWN_DIFFERENCES = {
-    "cp -a of a lower hard-link pair": "each name of a lower hard link is its own inode",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                SUBJECT is not mount_kernel, reason=KNOWN_DIFFERENCES[name], strict=True
-            ),
-        )
-        if name in KNOWN_DIFFERENCES
-        else name
-        for name in OPERATIONS
-    ],
-)
+@pytest.mark.parametrize("name", list(OPERATIONS))
 def test_operation_matches_kernel(tmp_path: Path, tmp_mounts: TmpMounts, name: str) -> None:
     differential(tmp_path, tmp_mounts, OPERATIONS[name], upper_subset=name in UPPER_SUBSET)
 
@@ -1681,8 +1645,8 @@ def test_upper_read_back(tmp_path: Path, tmp_mounts: TmpMounts, writer: str, rea
     read = snapshot(mnt)
     fields = DEFAULT_FIELDS | {"ino"} if writer == reader else DEFAULT_FIELDS
     diffs = compare(
-        without_opq(written),
-        without_opq(read),
+        written,
+        read,
         fields=fields,
         # Directory inode numbers need not survive a remount.
         ignore={"ino@dir"},

@@ -630,6 +630,53 @@ def test_commit_round_trips_every_kind_of_change(
 
 
 @pytest.mark.mount
+def test_commit_of_renamed_dirs(store: Store, tmp_mounts: TmpMounts, tmp_path: Path) -> None:
+    """OCI layers have no redirects: a renamed dir is written whole under its new
+    name (opaque), its old name a whiteout; a container of the new image and
+    umoci's unpack of its export show what the container showed."""
+    store.create_container("base:1", "r")
+    mnt = mount(store.root, tmp_mounts, "r")
+    os.rename(mnt / "usr" / "share", mnt / "usr" / "shared")  # within its dir
+    os.rename(mnt / "etc" / "conf.d", mnt / "confs")  # across dirs, a merged parent
+    os.rename(mnt / "data", mnt / "data2")
+    os.rename(mnt / "data2" / "sub", mnt / "data2" / "sub2")  # inside a renamed dir
+    (mnt / "data2" / "sub2" / "new").write_text("new\n")
+    os.unlink(mnt / "data2" / "x")
+    seen = without_root(snapshot(mnt))
+    unionfs("umount", str(mnt), root=store.root)
+    image_id = commit(store.root, "r", "renamed:1")
+
+    tar = gzip.decompress(store.read_blob(store.resolve_image("renamed:1").layers[-1].digest))
+    assert kinds(tar) == [
+        (".wh.data", "f"),
+        ("confs", "d"),
+        ("confs/.wh..wh..opq", "f"),
+        ("confs/a.conf", "f"),
+        ("confs/b.conf", "f"),
+        ("data2", "d"),
+        ("data2/.wh..wh..opq", "f"),
+        ("data2/sub2", "d"),
+        ("data2/sub2/new", "f"),
+        ("data2/sub2/y", "f"),
+        ("etc", "d"),
+        ("etc/.wh.conf.d", "f"),
+        ("usr", "d"),
+        ("usr/.wh.share", "f"),
+        ("usr/shared", "d"),
+        ("usr/shared/.wh..wh..opq", "f"),
+        ("usr/shared/doc", "d"),
+        ("usr/shared/doc/readme", "f"),
+    ]
+    store.create_container("renamed:1", "r2")
+    mnt2 = mount(store.root, tmp_mounts, "r2")
+    # A merged dir reports one link; the same dir from one layer its own count.
+    assert compare(seen, without_root(snapshot(mnt2)), ignore={*INODE_FIELDS, "nlink@dir"}) == []
+    flat = umoci_view(store, image_id, tmp_path)
+    diffs = compare(seen, flat, ignore={*INODE_FIELDS, "nlink@dir"})
+    assert diffs == [], diffs
+
+
+@pytest.mark.mount
 def test_three_generations(store: Store, tmp_mounts: TmpMounts, tmp_path: Path) -> None:
     """A container of a committed image, committed, and again: each image shows
     what its container showed."""

@@ -9,6 +9,7 @@ commands (`unionfs.inspect`) reuse.
 - `whiteout`: the whiteout and opaque-directory formats.
 - `layer`: one read-only layer directory and the system calls inside it.
 - `inodes`: the inode table (stable inode numbers, lookup counts).
+- `search`: one name looked up through the layers, following redirects.
 - `upper`: the writable upper layer: whiteouts written, copy-up.
 - `events`: the event log and counters of what the filesystem does.
 - `core`, `listing`, `copyup`, `writes`, `xattrs`: the parts of `UnionFS`, one per

@@ -22,7 +22,8 @@ import os
 import stat
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import xxhash
@@ -30,9 +31,18 @@ import xxhash
 from unionfs.fs import layer as io
 from unionfs.fs import whiteout
 from unionfs.fs.events import EventLog
-from unionfs.fs.inodes import ROOT_INO, InodeTable, Node, OriginKey, StatLike, origin_key
+from unionfs.fs.inodes import (
+    ROOT_INO,
+    InodeTable,
+    Node,
+    OriginKey,
+    StatLike,
+    origin_ino,
+    origin_key,
+)
 from unionfs.fs.layer import NAME_MAX, Layer
-from unionfs.fs.merge import Copy, Kind, Resolution, resolve
+from unionfs.fs.merge import Copy, Kind, Location, Resolution, resolve
+from unionfs.fs.search import Search
 from unionfs.fs.upper import ORIGIN_XATTR, Upper, unpack_origin
 
 if TYPE_CHECKING:
@@ -100,16 +110,20 @@ class Core:
         upper: Upper | None = None,
         fd_cache_size: int = 1024,
         events: EventLog | None = None,
+        redirect_dir: bool = True,
     ) -> None:
         """`layers` top first; with `upper`, ``layers[0]`` is its (writable) layer.
         What the filesystem does (copy-ups, whiteouts, ...) is recorded in
-        `events` (a new `EventLog` when not given)."""
+        `events` (a new `EventLog` when not given). `redirect_dir` false refuses
+        to rename a directory with lower content (EXDEV) instead of writing a
+        redirect; redirects found in the layers are followed either way."""
         if not layers:
             raise ValueError("at least one layer is needed")
         if upper is not None and upper.layer is not layers[0]:
             raise ValueError("the upper layer must be the first layer")
         self.layers = list(layers)
         self.upper = upper
+        self.redirect_dir = redirect_dir
         self.events = events if events is not None else EventLog()
         self._fds = DirFdCache(fd_cache_size)
         top = self.layers[0]
@@ -137,27 +151,46 @@ class Core:
     # -- paths inside layers -------------------------------------------------
 
     def dir_fd(self, node: Node, layer: int) -> int:
-        """`node` (a directory) open in `layer`, reopened from a cached ancestor."""
+        """`node` (a directory) open in `layer`, reopened from a cached ancestor
+        (or from the layer root, for a copy a redirect placed there)."""
         if node.parent is None:
             return self.layers[layer].root_fd
         fd = self._fds.get((node.ino, layer))
         if fd is not None:
             return fd
-        chain: list[Node] = []
+        chain: list[tuple[Node, bytes]] = []
         cur: Node | None = node
-        while cur is not None and cur.parent is not None:
+        while True:
+            if cur is None or cur.parent is None:
+                fd = self.layers[layer].root_fd
+                break
             cached = self._fds.get((cur.ino, layer))
             if cached is not None:
                 fd = cached
                 break
-            chain.append(cur)
+            loc = cur.location(layer)
+            if isinstance(loc, tuple):
+                fd = io.open_path(self.layers[layer].root_fd, loc)
+                self._fds.put((cur.ino, layer), fd)
+                break
+            chain.append((cur, loc))
             cur = cur.parent
-        else:
-            fd = self.layers[layer].root_fd
-        for step in reversed(chain):
-            fd = io.open_dir_at(fd, step.name)
+        for step, name in reversed(chain):
+            fd = io.open_dir_at(fd, name)
             self._fds.put((step.ino, layer), fd)
         return fd
+
+    def layer_path(self, node: Node, layer: int) -> tuple[bytes, ...]:
+        """The names leading from `layer`'s root to `node`'s copy there."""
+        parts: list[bytes] = []
+        cur: Node | None = node
+        while cur is not None and cur.parent is not None:
+            loc = cur.location(layer)
+            if isinstance(loc, tuple):
+                return (*loc, *reversed(parts))
+            parts.append(loc)
+            cur = cur.parent
+        return tuple(reversed(parts))
 
     def parent_fd(self, node: Node) -> int:
         """The directory holding `node`'s top copy, open in that copy's layer."""
@@ -177,36 +210,28 @@ class Core:
 
     # -- lookup ----------------------------------------------------------------
 
-    def _child_is_opaque(self, parent: Node, name: bytes, copy: Copy) -> bool:
-        if copy.layer == parent.copies[-1].layer:
-            return False  # nothing below the bottom layer to cut off
-        fd = io.open_dir_at(self.dir_fd(parent, copy.layer), name)
-        try:
-            return io.is_opaque_dir(fd)
-        finally:
-            os.close(fd)
-
     def resolve_child(
         self, parent: Node, name: bytes, *, why: bool = True
     ) -> tuple[Resolution, os.stat_result | None]:
         """Apply the merge rules to `name` in `parent`; the top copy's lstat.
 
+        Redirects are followed as overlayfs follows them (`Search`): a
+        directory whose copy carries one continues in the layers below under
+        the name (or, absolute, the path from the root) it gives.
+
         With `why` false the caller wants only what exists: an OCI whiteout in
         the bottom layer of `parent` hides nothing, so it is not looked for
         (a lookup of a new name in a directory of one layer costs one lstat).
         """
-        stats: dict[int, os.stat_result | None] = {}
-        bottom = parent.copies[-1].layer
-
-        def observations() -> Iterator[Copy]:
-            for pc in parent.copies:
-                fd = self.dir_fd(parent, pc.layer)
-                copy, st = io.observe(pc.layer, fd, name, oci=why or pc.layer != bottom)
-                stats[pc.layer] = st
-                yield copy
-
-        res = resolve(observations(), lambda c: self._child_is_opaque(parent, name, c))
-        return res, (stats[res.visible[0].layer] if res.exists else None)
+        search = Search(self, parent, name, why)
+        res = resolve(search.observations(), search.is_opaque)
+        if not res.exists:
+            return res, None
+        if search.where or search.redirect is not None:
+            where = tuple((c.layer, search.where[c.layer]) for c in res.visible
+                          if c.layer in search.where)  # fmt: skip
+            res = replace(res, where=where, redirect=search.redirect)
+        return res, search.stats[res.visible[0].layer]
 
     def _key_for(self, parent: Node, name: bytes, copy: Copy, st: StatLike) -> OriginKey:
         """The origin identity of an entry: a copied-up upper entry carries its
@@ -226,7 +251,7 @@ class Core:
             # written, and FUSE says which inode is opened, not through which
             # name: on a writable mount each name is an inode of its own, so the
             # copy-up of one name leaves the others alone (as overlayfs without
-            # index=on).
+            # index=on). All of them show the group's st_ino (`shown_ino`).
             fsid, dev, ino = origin_key(self.layers[copy.layer].fsid, st)
             return fsid, dev, xxhash.xxh64_intdigest(_pack(parent.key) + name, seed=ino & _U64)
         return origin_key(self.layers[copy.layer].fsid, st)
@@ -255,6 +280,7 @@ class Core:
         *,
         intern: bool = True,
         key: OriginKey | None = None,
+        where: tuple[tuple[int, Location], ...] = (),
     ) -> Node:
         """The node of an entry: the table's if the kernel knows it, else a new
         one (entered in the table unless `intern` is false). `key` is its origin
@@ -267,15 +293,19 @@ class Core:
             # Stacks of copies repeat (most are one copy in one layer): share them.
             copies = self._stacks.setdefault(copies, copies)
             node = Node(ino, parent, name, copies, st, key)
+            node.where = where
             return self.inodes.intern(node) if intern else node
         if known.unlinked or known.copies[0].layer != copies[0].layer:
             # A name the kernel still holds was removed and this entry took its
             # number (a reused backing inode), or it was copied up meanwhile.
             known.parent, known.name, known.unlinked = parent, name, False
             known.copies = copies
+            known.where = where
             known.set_st(st)
             known.xattr_names = None
         else:
+            if where != known.where and known.parent is parent and known.name == name:
+                known.where = where
             known.set_st(st)  # fresher than what the node had: upper entries change
             known.add_link(parent, name)
         return known
@@ -302,7 +332,7 @@ class Core:
             res, st = self.resolve_child(parent, name, why=False)
             if st is None:
                 raise _err(errno.ENOENT)
-            node = self._node_for(parent, name, res.visible, st)
+            node = self._node_for(parent, name, res.visible, st, where=res.where)
             self.events.count_lookup(res.visible[0].layer)
         self.inodes.remember(node)
         return node
@@ -320,6 +350,22 @@ class Core:
                 self._fds.discard_inode(node.ino, [c.layer for c in node.copies])
 
     # -- attributes ------------------------------------------------------------
+
+    def shown_ino(self, node: Node) -> int:
+        """The ``st_ino`` to show for `node` (its inode number but for one case).
+
+        The names of a lower hard-link group are one file until one of them is
+        copied up, and show one ``st_ino`` (what a read-only mount numbers the
+        file), as overlayfs does. On a writable mount each name is still its own
+        inode for the kernel (`_key_for`): FUSE says which inode is opened, not
+        through which name, and a write must copy up only the name it was made
+        through (as overlayfs without ``index=on``). A copied-up name shows
+        its own number."""
+        if self.upper is None or node.copies[0].layer == 0 or node.st.st_nlink < 2:
+            return node.ino
+        if stat.S_ISDIR(node.st.st_mode):
+            return node.ino
+        return origin_ino(origin_key(self.layers[node.copies[0].layer].fsid, node.st))
 
     @staticmethod
     def link_count(node: Node) -> int:
@@ -358,6 +404,13 @@ class Core:
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         return os.pwrite(fh, data, offset)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on a file open for writing, hence in the upper layer:
+        every mode its filesystem supports (0, KEEP_SIZE, PUNCH_HOLE, ...), as
+        overlayfs. The mount cannot ask yet: pyfuse3 does not dispatch
+        FUSE_FALLOCATE, so the kernel answers EOPNOTSUPP itself."""
+        io.fallocate(fh, mode, offset, length)
 
     def fsync(self, fh: int, datasync: bool) -> None:
         if datasync:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import xxhash
 
-from unionfs.fs.merge import Copy
+from unionfs.fs.merge import Copy, Location
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ class Node:
     merging stack for a directory. `st` is the lstat of the top copy (layers are
     immutable, so it stays valid). `parent`/`name` lead from the root to it.
     `extra_links` and `open_fds` are tuples, empty (and shared) for almost
-    every node.
+    every node. `where` places the directory copies that are not under `name`
+    in their layer (a renamed directory's lower content, found through a
+    redirect): (layer, location) pairs, empty for almost every node.
     """
 
     __slots__ = (
@@ -106,6 +108,7 @@ class Node:
         "parent",
         "st",
         "unlinked",
+        "where",
         "xattr_names",
     )
 
@@ -131,6 +134,15 @@ class Node:
         self.extra_links: tuple[tuple[Node, bytes], ...] = ()
         self.open_fds: tuple[int, ...] = ()
         self.unlinked = False
+        self.where: tuple[tuple[int, Location], ...] = ()
+
+    def location(self, layer: int) -> Location:
+        """Where this directory's copy in `layer` is: its own name in the
+        parent's copy there, unless a redirect placed it elsewhere."""
+        for la, loc in self.where:
+            if la == layer:
+                return loc
+        return self.name
 
     def set_st(self, st: StatLike) -> None:
         """Replace the attributes (with a fresh lstat of the top copy)."""

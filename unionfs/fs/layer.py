@@ -112,6 +112,44 @@ def is_xattr_whiteout(dirfd: int, name: bytes, st: os.stat_result) -> bool:
     return any(getxattr_at(dirfd, name, a) is not None for a in whiteout.WHITEOUT_XATTRS)
 
 
+def redirect_at(dirfd: int, name: bytes) -> bytes | None:
+    """The overlayfs redirect a child directory carries (one listxattr when it
+    has none), as stored: ``/a/b`` (absolute) or ``b`` (a sibling's name)."""
+    names = listxattr_at(dirfd, name)
+    for attr in whiteout.REDIRECT_XATTRS:
+        if attr in names:
+            value = getxattr_at(dirfd, name, attr)
+            if value:
+                return value
+    return None
+
+
+def parse_redirect(value: bytes) -> bytes | tuple[bytes, ...] | None:
+    """A redirect as a location: a name (relative) or the names of a path from
+    the layer root (absolute); None for a value overlayfs would refuse too
+    (an empty component, a relative value with a slash)."""
+    if value.startswith(b"/"):
+        parts = tuple(value[1:].split(b"/"))
+        if all(p and p not in (b".", b"..") and len(p) <= NAME_MAX for p in parts):
+            return parts
+        return None
+    if value in (b".", b"..") or b"/" in value or b"\0" in value or len(value) > NAME_MAX:
+        return None
+    return value
+
+
+def open_path(root_fd: int, parts: tuple[bytes, ...]) -> int:
+    """Open the directory `parts` below `root_fd`, one component at a time
+    without following symlinks (the caller closes the result)."""
+    fd = root_fd
+    for part in parts:
+        nxt = open_dir_at(fd, part)
+        if fd != root_fd:
+            os.close(fd)
+        fd = nxt
+    return fd if fd != root_fd else os.dup(root_fd)
+
+
 def is_opaque_dir(fd: int) -> bool:
     """Whether the directory open as `fd` cuts off the layers below it."""
     for attr in whiteout.OPAQUE_XATTRS:
@@ -184,10 +222,19 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
                             ctypes.c_uint]  # fmt: skip
 _libc.renameat2.restype = ctypes.c_int
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.fallocate.restype = ctypes.c_int
 
 
 def renameat2(src_dirfd: int, src: bytes, dst_dirfd: int, dst: bytes, flags: int) -> None:
     """rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE (glibc's renameat2)."""
     if _libc.renameat2(src_dirfd, src, dst_dirfd, dst, flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode flags (Python's os has posix_fallocate only)."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))

@@ -59,17 +59,25 @@ class Listings(Core):
                 copies.append((io.classify(dc.layer, fd, name, st), st))
 
         entries: list[tuple[bytes, Node]] = [(b".", node), (b"..", node.parent or node)]
+        bottom = len(self.layers) - 1
         for name, seen in per_name.items():
             if len(name) > NAME_MAX:
                 continue
             below = {c.layer: i for i, (c, _) in enumerate(seen)}
+            redirected: list[bool] = []
 
             def is_opaque(
                 copy: Copy,
                 seen: list[tuple[Copy, os.stat_result | None]] = seen,
                 below: dict[int, int] = below,
                 name: bytes = name,
+                redirected: list[bool] = redirected,
             ) -> bool:
+                if copy.layer == bottom:
+                    return False  # nothing below: opacity changes nothing
+                if io.redirect_at(fds[copy.layer], name) is not None:
+                    redirected.append(True)  # resolved again below, following it
+                    return True
                 if below[copy.layer] == len(seen) - 1:
                     return False  # no copy below: opacity changes nothing
                 fd = io.open_dir_at(fds[copy.layer], name)
@@ -81,9 +89,16 @@ class Listings(Core):
             res = resolve((c for c, _ in seen), is_opaque)
             if not res.exists:
                 continue
-            top_st = seen[below[res.visible[0].layer]][1]
+            if redirected:
+                # A renamed directory: its lower content is elsewhere.
+                res, top_st = self.resolve_child(node, name)
+                if top_st is None:
+                    continue
+            else:
+                top_st = seen[below[res.visible[0].layer]][1]
             assert top_st is not None  # a visible copy always has its lstat
-            entries.append((name, self._node_for(node, name, res.visible, top_st)))
+            child = self._node_for(node, name, res.visible, top_st, where=res.where)
+            entries.append((name, child))
         return entries
 
     def opendir(self, ino: int) -> int:

@@ -21,6 +21,12 @@ import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+#: Where a directory copy sits in its layer when that is not under its own name
+#: in its parent's copy there (a redirect was followed): a name inside the
+#: parent's copy in the same layer (relative), or a path of names from the
+#: layer's root (absolute).
+Location = bytes | tuple[bytes, ...]
+
 
 class Kind(enum.Enum):
     ABSENT = "absent"
@@ -54,11 +60,16 @@ class Resolution:
     that merge (top first). `stopped_by`/`stop` say what ended the search, if
     anything did: a whiteout (that hides the name when `visible` is empty), an
     opaque directory among the visible copies, or an ignored non-directory.
+    `where` places the copies a redirect led to (`Location`).
     """
 
     visible: tuple[Copy, ...]
     stop: Stop | None = None
     stopped_by: Copy | None = None
+    #: For the visible copies reached through a redirect: (layer, location).
+    where: tuple[tuple[int, Location], ...] = ()
+    #: The redirect of the top copy, as its layer records it (None: none).
+    redirect: bytes | None = None
 
     @property
     def exists(self) -> bool:

@@ -43,6 +43,8 @@ FICLONE = 0x40049409
 _CHUNK = 1 << 20
 WORK_SUBDIR = "unionfs-work"
 XATTR_SKIP_PREFIXES = whiteout.PRIVATE_XATTR_PREFIXES
+#: A directory's default POSIX ACL, which new entries in it inherit.
+ACL_DEFAULT_XATTR = b"system.posix_acl_default"
 
 
 def pack_origin(fsid: int, st: os.stat_result) -> bytes:
@@ -111,6 +113,31 @@ class Upper:
         else:
             os.unlink(name, dir_fd=self.work_fd)
 
+    def make_temp(self, parent_fd: int, make: Callable[[int, bytes], None]) -> bytes:
+        """A new entry made by `make(dirfd, name)` under a temporary name in the
+        work dir, as if made in the upper directory `parent_fd`: when that has a
+        default POSIX ACL, the entry is made inside a scratch directory carrying
+        the same default ACL, so the filesystem applies the inheritance (an ACL
+        from the default one and the mode, no umask) as it would in place."""
+        temp = self.temp_name()
+        default = io.fd_getxattr(parent_fd, ACL_DEFAULT_XATTR)
+        if default is None:
+            make(self.work_fd, temp)
+            return temp
+        box = self.temp_name()
+        os.mkdir(box, 0o700, dir_fd=self.work_fd)
+        try:
+            box_fd = io.open_dir_at(self.work_fd, box)
+            try:
+                os.setxattr(box_fd, ACL_DEFAULT_XATTR, default)
+                make(box_fd, temp)
+                os.rename(temp, temp, src_dir_fd=box_fd, dst_dir_fd=self.work_fd)
+            finally:
+                os.close(box_fd)
+        finally:
+            self.discard_temp(box)
+        return temp
+
     def install(self, temp: bytes, dirfd: int, name: bytes) -> None:
         """Rename a finished temporary into place, replacing a whiteout there."""
         replace(self.work_fd, temp, dirfd, name)
@@ -147,11 +174,21 @@ class Upper:
                 os.unlink(marker, dir_fd=dirfd)
 
     def make_opaque(self, fd: int) -> None:
-        """Mark an upper directory opaque in both forms: the overlayfs xattr and
-        an OCI ``.wh..wh..opq`` entry."""
-        attr = b"trusted.overlay.opaque" if os.geteuid() == 0 else b"user.overlay.opaque"
+        """Mark an upper directory opaque with the overlayfs xattr
+        (``trusted.overlay.opaque=y``, ``user.overlay.opaque=y`` where
+        ``trusted.*`` cannot be written), and in the OCI-whiteout mode also with
+        a ``.wh..wh..opq`` entry. Never the entry beside the xattr in the
+        overlayfs mode: kernel overlayfs mounting the upper would list it.
+        Exported layers get the entry from the xattr (`layerwriter`)."""
+        try:
+            if os.geteuid() != 0:
+                raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+            os.setxattr(fd, whiteout.OPAQUE_XATTRS[0], whiteout.OPAQUE_YES)
+        except PermissionError:
+            os.setxattr(fd, whiteout.OPAQUE_XATTRS[1], whiteout.OPAQUE_YES)
+        if not self.oci_whiteouts:
+            return
         st = os.fstat(fd)
-        os.setxattr(fd, attr, whiteout.OPAQUE_YES)
         marker = os.open(whiteout.OCI_OPAQUE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0,
                          dir_fd=fd)  # fmt: skip
         os.close(marker)

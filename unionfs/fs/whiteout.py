@@ -25,6 +25,8 @@ OCI_OPAQUE = b".wh..wh..opq"
 WHITEOUT_XATTRS = (b"trusted.overlay.whiteout", b"user.overlay.whiteout")
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
 OPAQUE_YES = b"y"
+# overlayfs redirect_dir: where a renamed directory's lower content lives.
+REDIRECT_XATTRS = (b"trusted.overlay.redirect", b"user.overlay.redirect")
 PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 
 

@@ -5,8 +5,9 @@ All changes go to the upper layer, after the copy-up of what they touch. A
 whiteout is written only where a lower layer still has the name; a new entry
 replaces an upper whiteout in one rename and is chowned to the caller; a
 directory created where a lower layer has the name, or moved into a merged
-directory, is opaque. The node table follows every change (names added and
-dropped, nodes whose last name is gone).
+directory, is opaque; a directory with lower content moves with a redirect to
+it (overlayfs ``redirect_dir=on``). The node table follows every change (names
+added and dropped, nodes whose last name is gone).
 """
 
 import errno
@@ -39,6 +40,7 @@ class Writes(CopyUps, Listings):
             return False
         probe = Node(0, parent.parent, parent.name, tuple(lowers), parent.st)
         probe.ino = parent.ino  # share the directory descriptors cached for it
+        probe.where = parent.where
         res, _ = self.resolve_child(probe, name, why=False)
         return res.exists
 
@@ -53,7 +55,7 @@ class Writes(CopyUps, Listings):
         res, st = self._existing(parent, name)
         if st is None:
             return None
-        return self._node_for(parent, name, res.visible, st, intern=False)
+        return self._node_for(parent, name, res.visible, st, intern=False, where=res.where)
 
     def peek(self, parent_ino: int, name: bytes) -> Node:
         """The node `name` names in a directory (ENOENT if none), not counted."""
@@ -94,8 +96,7 @@ class Writes(CopyUps, Listings):
         hides_lower = self._lower_has(parent, name)
         in_upper = io.lstat_at(pfd, name) is not None  # a whiteout sits there
         if in_upper:
-            temp = upper.temp_name()
-            make(upper.work_fd, temp)
+            temp = upper.make_temp(pfd, make)
             try:
                 _own(upper.work_fd, temp, uid, gid, is_dir and bool(pst.st_mode & stat.S_ISGID))
                 if is_dir and hides_lower:
@@ -139,6 +140,8 @@ class Writes(CopyUps, Listings):
         return self.open(node.ino, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)), node
 
     def mknod(self, parent_ino: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
+        if stat.S_ISCHR(mode) and rdev == 0:
+            raise _err(errno.EPERM)  # as overlayfs: a 0/0 device is a whiteout
         return self._create(
             parent_ino, name, uid, gid, lambda d, n: os.mknod(n, mode, rdev, dir_fd=d)
         )
@@ -251,7 +254,7 @@ class Writes(CopyUps, Listings):
         self, old_parent_ino: int, old_name: bytes, new_parent_ino: int, new_name: bytes, flags: int
     ) -> tuple[Node, Node | None] | None:
         """The checks of a rename that come before any copy-up, as overlayfs: a
-        rename they fail (EXDEV for a lower directory in an exchange, ...) copies
+        rename they fail (EXDEV for a lower directory without redirects, ...) copies
         nothing up. The source and destination nodes, or None for nothing to do."""
         old_parent, new_parent = self.node(old_parent_ino), self.node(new_parent_ino)
         self._check_new_name(new_parent, new_name)
@@ -266,14 +269,11 @@ class Writes(CopyUps, Listings):
             raise _err(errno.ENOENT)
         if dst is not None and flags & io.RENAME_NOREPLACE:
             raise _err(errno.EEXIST)
-        # A directory with content in lower layers cannot move without
-        # redirects: EXDEV makes mv fall back to copy and delete, as overlayfs.
+        # A directory with content in lower layers moves with a redirect to it;
+        # without redirects it cannot: EXDEV makes mv fall back to copy and
+        # delete, as overlayfs with redirect_dir=off.
         for moving in (src, dst if exchange else None):
-            if (
-                moving is not None
-                and stat.S_ISDIR(moving.st.st_mode)
-                and any(c.layer != 0 for c in moving.copies)
-            ):
+            if moving is not None and _has_lower_dir(moving) and not self.redirect_dir:
                 raise _err(errno.EXDEV)
         src_dir = stat.S_ISDIR(src.st.st_mode)
         if dst is not None and not exchange:
@@ -304,6 +304,14 @@ class Writes(CopyUps, Listings):
         new_pfd = self.upper_dir(new_parent)
         old_hides = self._lower_has(old_parent, old_name)
         new_hides = self._lower_has(new_parent, new_name)
+        samedir = old_parent is new_parent
+        # As overlayfs (redirect_dir=on): a directory with lower content records
+        # where that content is before it moves; its lower copies stay put.
+        src_redirected = _has_lower_dir(src)
+        if src_redirected:
+            self._set_redirect(src, old_parent, old_name, samedir)
+        if exchange and dst is not None and _has_lower_dir(dst):
+            self._set_redirect(dst, new_parent, new_name, samedir)
         if exchange:
             io.renameat2(old_pfd, old_name, new_pfd, new_name, io.RENAME_EXCHANGE)
         else:
@@ -317,7 +325,12 @@ class Writes(CopyUps, Listings):
         # As overlayfs: a directory moved into a merged directory becomes opaque,
         # so that nothing a lower layer has (or later gets) under its new name
         # shows through.
-        if src_dir and not exchange and (new_hides or len(new_parent.copies) > 1):
+        if (
+            src_dir
+            and not src_redirected
+            and not exchange
+            and (new_hides or len(new_parent.copies) > 1)
+        ):
             fd = io.open_dir_at(new_pfd, new_name)
             try:
                 if not io.is_opaque_dir(fd):
@@ -332,6 +345,50 @@ class Writes(CopyUps, Listings):
             self.inodes.drop_if_unused(dst)
         src.drop_link(old_parent, old_name)
         src.add_link(new_parent, new_name)
+
+    def _set_redirect(self, node: Node, parent: Node, name: bytes, samedir: bool) -> None:
+        """Before `node` (a directory with lower content, copied up, now
+        `parent/name`) moves: write its redirect as overlayfs does, and pin its
+        lower copies to where they are.
+
+        overlayfs keeps a redirect the directory already has when it stays in
+        its directory or the redirect is absolute; otherwise it writes the old
+        name (a rename within the directory) or the absolute path of the lower
+        content (across directories: each ancestor's own redirect, or its
+        name, up to the root or to an absolute redirect)."""
+        fd = self.dir_fd(node, 0)
+        current = io.redirect_at(fd, b".")
+        if current is None or not (samedir or current.startswith(b"/")):
+            if samedir:
+                value = name
+            else:
+                parts: list[bytes] = []
+                cur, cur_name = node, name
+                while True:
+                    own = io.redirect_at(self.dir_fd(cur, 0), b".") if cur.top_layer == 0 else None
+                    parts.append(own or cur_name)
+                    if (own or b"").startswith(b"/"):
+                        break
+                    up = parent if cur is node else cur.parent
+                    if up is None or up.parent is None:
+                        parts.append(b"")
+                        break
+                    cur, cur_name = up, up.name
+                value = b"/".join(reversed(parts))
+            self.upper_redirect(fd, value)
+        node.where = tuple(
+            (c.layer, self.layer_path(node, c.layer)) for c in node.copies if c.layer != 0
+        )
+
+    def upper_redirect(self, fd: int, value: bytes) -> None:
+        """Write a redirect on an upper directory (``trusted.overlay.redirect``,
+        ``user.overlay.redirect`` where ``trusted.*`` cannot be written)."""
+        try:
+            if os.geteuid() != 0:
+                raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+            os.setxattr(fd, whiteout.REDIRECT_XATTRS[0], value)
+        except PermissionError:
+            os.setxattr(fd, whiteout.REDIRECT_XATTRS[1], value)
 
     def _clear_upper_dir(self, pfd: int, name: bytes) -> None:
         """Empty an upper directory about to be replaced (it holds only whiteouts)."""
@@ -389,6 +446,11 @@ class Writes(CopyUps, Listings):
                                  cur.st_mtime_ns if mtime_ns is None else mtime_ns),
                      follow_symlinks=False)  # fmt: skip
         return self.refresh(node)
+
+
+def _has_lower_dir(node: Node) -> bool:
+    """A directory with content in a lower layer (a merged or lower one)."""
+    return stat.S_ISDIR(node.st.st_mode) and any(c.layer != 0 for c in node.copies)
 
 
 def _whiteout_form(upper: Upper) -> str:

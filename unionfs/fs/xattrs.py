@@ -10,11 +10,15 @@ copy-up, as overlayfs.
 
 import errno
 import os
+import stat
 
 from unionfs.fs import layer as io
 from unionfs.fs import whiteout
 from unionfs.fs.copyup import CopyUps
 from unionfs.fs.core import _err
+
+#: A file's access POSIX ACL.
+ACL_ACCESS_XATTR = b"system.posix_acl_access"
 
 
 class Xattrs(CopyUps):
@@ -56,7 +60,19 @@ class Xattrs(CopyUps):
             return io.fd_getxattr(next(iter(node.open_fds)), stored) if node.open_fds else None
         return io.getxattr_at(self.parent_fd(node), node.name, stored)
 
-    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+    def setxattr(
+        self,
+        ino: int,
+        name: bytes,
+        value: bytes,
+        flags: int = 0,
+        *,
+        caller_groups: frozenset[int] | None = None,
+    ) -> None:
+        """Set an attribute (copy-up first). `caller_groups` are the groups of
+        a caller without CAP_FSETID (None: a privileged caller): setting an
+        access ACL on a setgid file of a group the caller is not in clears the
+        setgid bit, as the kernel does (the daemon, root, would keep it)."""
         stored = whiteout.stored_xattr(name)
         if stored is None:
             raise _err(errno.EPERM)
@@ -64,10 +80,15 @@ class Xattrs(CopyUps):
         self._need_upper()
         self.copy_up(node, "setxattr")
         target = self._attr_target(node)
+        follow = isinstance(target, int)
         try:
-            os.setxattr(target, stored, value, flags, follow_symlinks=isinstance(target, int))
+            os.setxattr(target, stored, value, flags, follow_symlinks=follow)
         finally:
             node.xattr_names = None
+        if name == ACL_ACCESS_XATTR and caller_groups is not None:
+            st = os.stat(target, follow_symlinks=follow)
+            if st.st_mode & stat.S_ISGID and st.st_gid not in caller_groups:
+                os.chmod(target, stat.S_IMODE(st.st_mode) & ~stat.S_ISGID, follow_symlinks=follow)
 
     def check_removable(self, ino: int, name: bytes) -> None:
         """ENODATA for removing an attribute a lower entry lacks, before (and

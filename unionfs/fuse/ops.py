@@ -19,6 +19,8 @@ import trio
 from unionfs.fs.events import setattr_reason
 from unionfs.fs.inodes import Node
 from unionfs.fs.vfs import UnionFS
+from unionfs.fs.xattrs import ACL_ACCESS_XATTR
+from unionfs.fuse.entryino import set_reported_ino
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,14 @@ def _handler(
     return wrapper
 
 
+def _sup_groups(pid: int) -> set[int]:
+    """The supplementary groups of a caller (none if it is gone already)."""
+    try:
+        return pyfuse3.get_sup_groups(pid)
+    except OSError:
+        return set()
+
+
 def _read_only() -> pyfuse3.FUSEError:
     """A write to a mount without an upper layer (mounted MS_RDONLY, so the
     kernel mostly refuses these itself)."""
@@ -71,12 +81,23 @@ class Operations(pyfuse3.Operations):
 
     supports_dot_lookup = True
     enable_writeback_cache = False
+    # FUSE_POSIX_ACL: the kernel checks the layers' POSIX ACLs (read through
+    # getxattr, then cached with the inode) besides the mode bits, as overlayfs
+    # does. The kernel still applies the umask to new entries (pyfuse3 does not
+    # ask for FUSE_DONT_MASK), also where a default ACL should replace it.
+    enable_acl = True
 
     def __init__(
-        self, fs: UnionFS, *, debug: bool = False, cache_timeout: float = IMMUTABLE_TIMEOUT
+        self,
+        fs: UnionFS,
+        *,
+        debug: bool = False,
+        cache_timeout: float = IMMUTABLE_TIMEOUT,
+        acl: bool = True,
     ) -> None:
         super().__init__()
         self.fs = fs
+        self.enable_acl = acl  # read by pyfuse3 when the kernel's INIT arrives
         self.requests = fs.events.requests  # requests by type, counted by `_handler`
         self.debug = debug
         # With a timeout of 0 the kernel caches nothing: every access asks the
@@ -89,6 +110,9 @@ class Operations(pyfuse3.Operations):
         st = node.st
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
+        shown = self.fs.shown_ino(node)
+        if shown != node.ino:
+            set_reported_ino(attr, shown)  # a name of a lower hard-link group
         attr.generation = 0
         attr.entry_timeout = self.timeout
         attr.attr_timeout = self.timeout
@@ -381,7 +405,10 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         self._writable()
         await self._copy_up(self.fs.node(inode), "setxattr")
-        self.fs.setxattr(inode, name, value)
+        groups = None
+        if ctx.uid != 0 and name == ACL_ACCESS_XATTR:
+            groups = frozenset([ctx.gid, *_sup_groups(ctx.pid)])
+        self.fs.setxattr(inode, name, value, caller_groups=groups)
 
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -4,13 +4,21 @@
 path is written ``\\:`` and a backslash ``\\\\``. Generic mount flags that
 mount(8) and mount.fuse3 pass along are accepted; an option nobody knows is an
 error, not something to ignore silently.
+
+`check_overlaps` refuses layer dirs that contain each other, as overlayfs does.
+
+Setuid bits and device nodes take effect (``suid,dev``) on a writable mount, a
+container's root filesystem, which needs them; a read-only mount, made to look
+at an image or at layer dirs, is ``nosuid,nodev`` unless ``-o suid``/``-o dev``
+asks for them (`exec_flags`), so that mounting an image never hands every local
+user its setuid-root programs or its device nodes.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unionfs.errors import UsageError
+from unionfs.errors import UnionfsError, UsageError
 
 # Flags that libfuse applies to the mount itself.
 FUSE_FLAGS = frozenset(
@@ -26,7 +34,8 @@ FUSE_VALUED = frozenset({"fsname", "subtype", "max_read", "context", "fscontext"
 # Flags meant for mount(8) or fstab, not for the filesystem.
 IGNORED_FLAGS = frozenset({"defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
                            "nofail", "owner", "group"})  # fmt: skip
-OUR_VALUED = frozenset({"lowerdir", "upperdir", "workdir"})
+OUR_VALUED = frozenset({"lowerdir", "upperdir", "workdir", "redirect_dir"})
+OUR_FLAGS = frozenset({"noacl"})
 
 
 @dataclass(frozen=True)
@@ -40,10 +49,30 @@ class MountConfig:
     fuse_options: frozenset[str] = field(default_factory=frozenset)
     cache_timeout: float = 86400.0
     oci_whiteouts: bool = False
+    #: Rename directories with lower content by writing a redirect (overlayfs
+    #: and fuse-overlayfs ``redirect_dir=on``); off: EXDEV, so mv copies.
+    redirect_dir: bool = True
+    #: Have the kernel enforce the layers' POSIX ACLs (FUSE_POSIX_ACL); off
+    #: (fuse-overlayfs ``noacl``): mode bits only, ACLs are plain xattrs.
+    acl: bool = True
 
     @property
     def writable(self) -> bool:
         return self.upper is not None
+
+
+# (allowing flag, refusing flag): what a mount gets unless -o names one of them
+_GUARDED_FLAGS = (("suid", "nosuid"), ("dev", "nodev"))
+
+
+def exec_flags(config: MountConfig) -> frozenset[str]:
+    """``suid`` and ``dev`` for a writable mount, ``nosuid`` and ``nodev`` for a
+    read-only one; a flag of the pair given with ``-o`` is kept instead."""
+    out: set[str] = set()
+    for allow, refuse in _GUARDED_FLAGS:
+        asked = {allow, refuse} & config.fuse_options
+        out |= asked or {allow if config.writable else refuse}
+    return frozenset(out)
 
 
 def split_escaped(value: str, sep: str) -> list[str]:
@@ -96,6 +125,8 @@ def build_config(
     """Combine ``--lower``/``--upper``/``--work`` with ``-o`` options."""
     layer_list = [str(p) for p in lowers]
     fuse_options: set[str] = set()
+    redirect_dir = True
+    acl = True
     for opts in option_strings:
         for opt in split_option_string(opts):
             key, eq, value = opt.partition("=")
@@ -107,10 +138,16 @@ def build_config(
                     if any(not d for d in dirs):
                         raise UsageError(f"empty directory in lowerdir={value}")
                     layer_list.extend(dirs)
+                elif key == "redirect_dir":
+                    if value not in ("on", "off"):
+                        raise UsageError(f"redirect_dir={value}: give on or off")
+                    redirect_dir = value == "on"
                 elif key == "upperdir":
                     upper = split_escaped(value, ",")[0]
                 else:
                     work = split_escaped(value, ",")[0]
+            elif key in OUR_FLAGS and not eq:
+                acl = False  # noacl
             elif key in FUSE_VALUED:
                 if not eq:
                     raise UsageError(f"option {key}= needs a value")
@@ -121,6 +158,9 @@ def build_config(
                 continue
             else:
                 raise UsageError(f"unknown mount option {opt!r}")
+    for allow, refuse in _GUARDED_FLAGS:
+        if allow in fuse_options and refuse in fuse_options:
+            raise UsageError(f"options {allow} and {refuse} contradict each other")
     if not layer_list:
         raise UsageError("no layers: give --lower DIR (top first) or -o lowerdir=TOP:...:BOTTOM")
     if (upper is None) != (work is None):
@@ -132,4 +172,31 @@ def build_config(
         work=Path(work) if work is not None else None,
         fuse_options=frozenset(fuse_options),
         oci_whiteouts=oci_whiteouts,
+        redirect_dir=redirect_dir,
+        acl=acl,
     )
+
+
+def check_overlaps(config: MountConfig) -> None:
+    """Refuse an upper, work or lower dir inside (or equal to) another one.
+
+    Kernel overlayfs refuses a lower dir that is, or is inside, another layer dir
+    (ELOOP, "overlapping lowerdir path"), and an upper and a work dir that
+    contain each other. It mounts an upper or work dir inside a lower, and then
+    answers ELOOP for the overlapping directory; unionfs refuses that mount too,
+    as it has no such trap. The dirs must exist: they are compared with symlinks
+    resolved.
+    """
+    dirs: list[tuple[str, Path]] = []
+    if config.upper is not None and config.work is not None:
+        dirs += [("upper dir", config.upper), ("work dir", config.work)]
+    dirs += [("lower dir", p) for p in config.lowers]
+    resolved = [(what, p, p.resolve()) for what, p in dirs]
+    for i, (what_a, a, ra) in enumerate(resolved):
+        for what_b, b, rb in resolved[i + 1 :]:
+            if ra == rb:
+                raise UnionfsError(f"overlapping dirs: {what_b} {b} is {what_a} {a}")
+            if ra in rb.parents:
+                raise UnionfsError(f"overlapping dirs: {what_b} {b} is inside {what_a} {a}")
+            if rb in ra.parents:
+                raise UnionfsError(f"overlapping dirs: {what_a} {a} is inside {what_b} {b}")

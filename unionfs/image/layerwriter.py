@@ -38,6 +38,11 @@ it (`unionfs.whiteout`):
   attribute set to ``y``, or a ``.wh..wh..opq`` entry) becomes the directory
   entry followed at once by ``DIR/.wh..wh..opq`` (as docker and containerd
   place it);
+* a renamed directory (one with an overlayfs ``redirect`` attribute, whose
+  lower content lives under its old name) is written whole, as the mount shows
+  it: OCI layers have no redirects, so the new name carries the merged content
+  of every layer (read through a read-only `UnionFS` over the upper and the
+  `lowers`), and is opaque; the old name is a whiteout like any other;
 * overlay attributes (``trusted.overlay.*``, ``user.overlay.*``) are dropped,
   except the escaped ``trusted.overlay.overlay.X``, which is what the mount
   showed as ``trusted.overlay.X`` and is written under that name.
@@ -58,6 +63,7 @@ import os
 import stat
 import tarfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -66,14 +72,18 @@ import zstandard
 
 from unionfs.errors import UnionfsError
 from unionfs.fs import whiteout
+from unionfs.fs.inodes import Node
 from unionfs.fs.layer import (
     DIR_FLAGS,
+    Layer,
     getxattr_at,
     is_opaque_dir,
     is_xattr_whiteout,
     listxattr_at,
     lstat_at,
+    redirect_at,
 )
+from unionfs.fs.vfs import UnionFS
 from unionfs.image.decompress import Compression
 
 log = logging.getLogger(__name__)
@@ -125,8 +135,15 @@ class WrittenLayer:
     warnings: tuple[str, ...] = ()
 
 
-def write_layer(upper: Path, out: BinaryIO, *, compression: Compression = "gzip") -> WrittenLayer:
-    """Write the upper directory `upper` as a layer blob to `out`.
+def write_layer(
+    upper: Path,
+    out: BinaryIO,
+    *,
+    compression: Compression = "gzip",
+    lowers: Sequence[Path] = (),
+) -> WrittenLayer:
+    """Write the upper directory `upper` as a layer blob to `out`. `lowers`
+    (top first) are the layers below it, read for renamed directories.
 
     `out` is written sequentially, never seeked or closed. Raises
     `LayerWriteError` when a file shrinks while it is read, `OSError` when
@@ -135,12 +152,13 @@ def write_layer(upper: Path, out: BinaryIO, *, compression: Compression = "gzip"
     if compression not in ("gzip", "zstd", "none"):
         raise ValueError(f"unknown compression {compression!r}")
     sink = _Sink(out, compression)
-    walker = _Walker(sink)
+    walker = _Walker(sink, [upper, *lowers] if lowers else [])
     root_fd = os.open(upper, DIR_FLAGS)
     try:
         walker.walk(root_fd)
     finally:
         os.close(root_fd)
+        walker.close()
     sink.write(bytes(2 * BLOCK))  # end of archive
     sink.finish()
     result = WrittenLayer(
@@ -331,6 +349,10 @@ class _Child:
     st: os.stat_result
     source: bytes  # its name in the upper directory
     is_whiteout: bool = False
+    # Inside a renamed directory: the directory holding the entry's top copy
+    # (a descriptor the union view owns) and the entry in that view.
+    dirfd: int | None = None
+    node: Node | None = None
 
 
 @dataclass
@@ -346,11 +368,46 @@ class _Frame:
 class _Walker:
     """Writes the entries of an upper directory tree, depth first, in path order."""
 
-    def __init__(self, sink: _Sink) -> None:
+    def __init__(self, sink: _Sink, union_dirs: list[Path]) -> None:
         self.sink = sink
         self.entries = 0
         self.warnings: list[str] = []
         self._links: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first name
+        self._union_dirs = union_dirs
+        self._union: UnionFS | None = None
+
+    def close(self) -> None:
+        if self._union is not None:
+            self._union.close()
+            for la in self._union.layers:
+                la.close()
+            self._union = None
+
+    def _merged_node(self, path: bytes) -> Node | None:
+        """The union view's node for the directory at tar path `path`, or None
+        without lower layers to read."""
+        if not self._union_dirs:
+            return None
+        if self._union is None:
+            layers = [Layer.open(i, d) for i, d in enumerate(self._union_dirs)]
+            self._union = UnionFS(layers)
+        node = self._union.inodes.root
+        for part in path.rstrip(b"/").split(b"/"):
+            node = self._union.lookup(node.ino, part)
+        return node
+
+    def _merged_children(self, node: Node) -> list[_Child]:
+        """A renamed directory's entries as the mount shows them."""
+        fs = self._union
+        assert fs is not None
+        out = []
+        for name, child in fs.list_dir(node)[2:]:
+            dirfd = fs.dir_fd(node, child.top_layer)
+            st = lstat_at(dirfd, name)
+            if st is not None:
+                out.append(_Child(name, st, name, dirfd=dirfd, node=child))
+        out.sort(key=lambda c: c.name)
+        return out
 
     def walk(self, root_fd: int) -> None:
         if is_opaque_dir(root_fd):
@@ -418,8 +475,9 @@ class _Walker:
             path, _TYPES[kind], stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
             mtime_ns=st.st_mtime_ns,
         )  # fmt: skip
+        parent = child.dirfd if child.dirfd is not None else frame.fd
         if kind == stat.S_IFDIR:
-            return self._directory(frame.fd, child, header)
+            return self._directory(parent, child, header)
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self._links.get(key)
@@ -428,11 +486,11 @@ class _Walker:
                 self._write(header)
                 return None
             self._links[key] = path
-        header.xattrs = self._xattrs(frame.fd, child.source)
+        header.xattrs = self._xattrs(parent, child.source)
         if kind == stat.S_IFREG:
-            self._file(frame.fd, child, header)
+            self._file(parent, child, header)
         elif kind == stat.S_IFLNK:
-            header.linkname = os.readlink(child.source, dir_fd=frame.fd)
+            header.linkname = os.readlink(child.source, dir_fd=parent)
             self._write(header)
         else:
             if kind in (stat.S_IFCHR, stat.S_IFBLK):
@@ -446,8 +504,17 @@ class _Walker:
             header.name += b"/"
             header.xattrs = self._xattrs(parent, child.source)
             self._write(header)
-            if is_opaque_dir(fd):
+            node = child.node
+            if node is None and redirect_at(fd, b".") is not None:
+                node = self._merged_node(header.name)
+                if node is not None:
+                    # Renamed: the whole merged content, hiding what lower
+                    # layers have under the new name.
+                    self._marker(header.name + whiteout.OCI_OPAQUE, child.st)
+            elif node is None and is_opaque_dir(fd):
                 self._marker(header.name + whiteout.OCI_OPAQUE, child.st)
+            if node is not None:
+                return _Frame(fd, header.name, self._merged_children(node))
             return _Frame(fd, header.name, self._children(fd, header.name))
         except BaseException:
             os.close(fd)

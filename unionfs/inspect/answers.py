@@ -164,6 +164,18 @@ class Blocked:
 
 
 @dataclass(frozen=True)
+class Renamed:
+    """A renamed directory: its redirect leads to `source` (a path of the
+    layers below, as overlayfs records it), where `layers` hold its content."""
+
+    source: str
+    layers: tuple[int, ...]
+
+    def to_json(self, stack: Stack) -> dict[str, Any]:
+        return {"from": self.source, "layers": [stack.layer(i).key for i in self.layers]}
+
+
+@dataclass(frozen=True)
 class Explanation:
     """Everything the stack says about one path.
 
@@ -182,6 +194,7 @@ class Explanation:
     blocked: Blocked | None = None
     upper: UpperInfo | None = None
     reserved: bool = False
+    renamed: Renamed | None = None
 
     @property
     def merged_layers(self) -> tuple[int, ...]:
@@ -210,6 +223,7 @@ class Explanation:
             "blocked": self.blocked.to_json(s) if self.blocked else None,
             "upper": self.upper.to_json(s) if self.upper else None,
             "reserved": self.reserved,
+            "renamed": self.renamed.to_json(s) if self.renamed else None,
             "stack": {"what": s.what, "layers": [la.to_json() for la in s.layers]},
         }
 
@@ -223,7 +237,8 @@ class TreeEntry:
     entry (with ``show_hidden``) has `layer` = its top hidden copy's layer and
     `hidden_by` = what hides it. `children` is None where the depth limit
     stopped the walk (or for a non-directory). `opaque` is the layer whose
-    opaque copy of this directory cuts off the layers below it.
+    opaque copy of this directory cuts off the layers below it. `renamed_from`
+    is where a renamed directory's redirect leads (its content in lower layers).
     """
 
     name: str
@@ -235,8 +250,25 @@ class TreeEntry:
     target: str | None = None
     opaque: int | None = None
     children: list[TreeEntry] | None = None
+    renamed_from: str | None = None  # a renamed directory: where its content is
 
     def to_json(self, stack: Stack) -> dict[str, Any]:
+        """This entry and everything below it (built without recursion: a
+        tree may be of any depth)."""
+        top = self._own_json(stack)
+        pending = [(self, top)]
+        while pending:
+            entry, out = pending.pop()
+            if entry.children is None:
+                continue
+            kids = out["children"] = []
+            for c in entry.children:
+                kid = c._own_json(stack)
+                kids.append(kid)
+                pending.append((c, kid))
+        return top
+
+    def _own_json(self, stack: Stack) -> dict[str, Any]:
         return {
             "name": self.name,
             "path": self.path,
@@ -246,13 +278,14 @@ class TreeEntry:
             "hidden_by": self.hidden_by.to_json(stack) if self.hidden_by else None,
             "target": self.target,
             "opaque": stack.layer(self.opaque).key if self.opaque is not None else None,
-            "children": [c.to_json(stack) for c in self.children]
-            if self.children is not None
-            else None,
+            "renamed_from": self.renamed_from,
+            "children": None,
         }
 
     def walk(self) -> Iterator[TreeEntry]:
-        """This entry and everything below it, depth first."""
-        yield self
-        for c in self.children or ():
-            yield from c.walk()
+        """This entry and everything below it, depth first (without recursion)."""
+        pending = [self]
+        while pending:
+            entry = pending.pop()
+            yield entry
+            pending.extend(reversed(entry.children or ()))

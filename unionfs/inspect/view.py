@@ -24,10 +24,11 @@ reason its parent was left out.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
@@ -38,7 +39,7 @@ from unionfs.fs import whiteout
 from unionfs.fs.events import file_type, whiteout_form
 from unionfs.fs.inodes import ROOT_INO, Node, origin_key
 from unionfs.fs.layer import Layer
-from unionfs.fs.merge import Kind, Resolution, Stop
+from unionfs.fs.merge import Kind, Location, Resolution, Stop
 from unionfs.fs.upper import ORIGIN_XATTR, unpack_origin
 from unionfs.fs.vfs import UnionFS
 from unionfs.inspect.answers import (
@@ -47,6 +48,7 @@ from unionfs.inspect.answers import (
     Cause,
     CopyInfo,
     Explanation,
+    Renamed,
     Status,
     TreeEntry,
     UpperInfo,
@@ -115,6 +117,43 @@ class _Name:
         for fd in self.dir_fds.values():
             os.close(fd)
         self.dir_fds = {}
+
+
+@dataclass
+class _Work:
+    """An item of the tree walk: the directory `name` of `here` to read into
+    `entry` (`here` is still open), or, without an entry, the closing of
+    `here` once everything under it is read."""
+
+    here: _Here
+    name: bytes = b""
+    entry: TreeEntry | None = None
+    node: Node | None = None
+    level: int = 0
+
+
+@contextlib.contextmanager
+def _located(
+    layer: Layer, parent_fd: int | None, name: bytes, where: Location | None
+) -> Iterator[tuple[int | None, bytes]]:
+    """The directory holding a copy of `name` in `layer`, and its name there:
+    `parent_fd` and `name`, unless a redirect placed the copy elsewhere (a
+    sibling's name, or a path from the layer root). None when the layer has
+    no such directory."""
+    if where is None:
+        yield parent_fd, name
+    elif isinstance(where, bytes):
+        yield parent_fd, where
+    else:
+        try:
+            fd = io.open_path(layer.root_fd, where[:-1])
+        except OSError:
+            yield None, name
+            return
+        try:
+            yield fd, where[-1]
+        finally:
+            os.close(fd)
 
 
 def _whiteout_form(dirfd: int, name: bytes, st: os.stat_result | None) -> str:
@@ -197,22 +236,27 @@ class StackView:
             res, _ = self.fs.resolve_child(here.node, name)
         out = _Name(path, res, [], {})
         found: list[tuple[int, Kind, os.stat_result | None, str | None, str | None]] = []
+        # A renamed directory's lower copies are where its redirect leads.
+        moved = dict(res.where) if res is not None else {}
         try:
-            for index in sorted(here.fds):
-                fd = here.fds[index]
-                copy, st = io.observe(index, fd, name)
-                form = opaque = None
-                if copy.kind is Kind.ABSENT:
-                    continue
-                if copy.kind is Kind.WHITEOUT:
-                    form = _whiteout_form(fd, name, st)
-                elif copy.kind is Kind.DIR:
-                    dfd = io.open_dir_at(fd, name)
-                    out.dir_fds[index] = dfd
-                    opaque = _opaque_form(dfd)
-                if st is not None and copy.kind is not Kind.WHITEOUT:
-                    out.stats[index] = st
-                found.append((index, copy.kind, st, form, opaque))
+            for index in sorted(set(here.fds) | set(moved)):
+                with _located(self._layers[index], here.fds.get(index), name,
+                              moved.get(index)) as (fd, own):  # fmt: skip
+                    if fd is None:
+                        continue
+                    copy, st = io.observe(index, fd, own)
+                    form = opaque = None
+                    if copy.kind is Kind.ABSENT:
+                        continue
+                    if copy.kind is Kind.WHITEOUT:
+                        form = _whiteout_form(fd, own, st)
+                    elif copy.kind is Kind.DIR:
+                        dfd = io.open_dir_at(fd, own)
+                        out.dir_fds[index] = dfd
+                        opaque = _opaque_form(dfd)
+                    if st is not None and copy.kind is not Kind.WHITEOUT:
+                        out.stats[index] = st
+                    found.append((index, copy.kind, st, form, opaque))
             forms = {index: form or opaque for index, _, _, form, opaque in found}
             for index, kind, st, form, opaque in found:
                 status, by = self._fate(here, spath, res, index, reserved, forms)
@@ -360,9 +404,16 @@ class StackView:
         if stat.S_ISLNK(st.st_mode):
             target = os.fsdecode(os.readlink(name, dir_fd=here.fds[top]))
         upper = self._upper_info(here, name, info, top)
+        renamed = None
+        if info.res.redirect is not None and info.res.where:
+            value = os.fsdecode(info.res.redirect)
+            if not value.startswith("/"):  # a sibling's name
+                value = os.fsdecode(_join(here.path, info.res.redirect))
+            renamed = Renamed(value, tuple(layer for layer, _ in info.res.where))
         return Explanation(
-            self.stack, path, "visible", copies, _attrs(st, target), top, None, None, upper
-        )
+            self.stack, path, "visible", copies, _attrs(st, target), top, None, None, upper,
+            renamed=renamed,
+        )  # fmt: skip
 
     def _upper_info(self, here: _Here, name: bytes, info: _Name, top: int) -> UpperInfo | None:
         """What the container's upper copy was made from (only for an upper copy)."""
@@ -431,7 +482,7 @@ class StackView:
             assert here.node is not None
             root = self._entry(os.fsdecode(here.path), parts[-1] if parts else b"/", here.node)
             root.opaque = opaque if show_hidden else None
-            root.children = self._children(here, 1, depth, show_hidden, layer)
+            root.children = self._children(here, depth, show_hidden, layer)
             return root
         finally:
             here.close()
@@ -440,17 +491,65 @@ class StackView:
         mode = node.st.st_mode
         target = os.fsdecode(self.fs.readlink(node.ino)) if stat.S_ISLNK(mode) else None
         layers = tuple(c.layer for c in node.copies) if stat.S_ISDIR(mode) else (node.top_layer,)
+        renamed = None
+        if node.where and node.parent is not None:
+            value = io.redirect_at(self.fs.dir_fd(node.parent, node.top_layer), node.name)
+            if value is not None:
+                parent = os.path.dirname(path.rstrip("/")) or "/"
+                renamed = os.fsdecode(value)
+                if not renamed.startswith("/"):  # a sibling's name
+                    renamed = os.path.join(parent, renamed)
         return TreeEntry(os.fsdecode(name), path, file_type(mode), node.top_layer, layers,
-                         target=target)  # fmt: skip
+                         target=target, renamed_from=renamed)  # fmt: skip
 
     def _children(
+        self,
+        top: _Here,
+        depth: int | None,
+        show_hidden: bool,
+        only: int | None,
+    ) -> list[TreeEntry]:
+        """The entries under `top` (level 1 = its children), read without
+        recursion: a tree of any depth is walked with one `_Here` open per level
+        of the current path."""
+        result: list[TreeEntry] = []
+        work: list[_Work] = []
+        try:
+            self._read_dir(top, 1, depth, show_hidden, only, result, work)
+            while work:
+                item = work.pop()
+                if item.entry is None:
+                    item.here.close()
+                    continue
+                if show_hidden:
+                    info = self._look(item.here, item.name)
+                    item.entry.opaque = _opaque_layer(info.res)
+                    sub = self._descend(item.here, item.name, info)
+                else:
+                    sub = _Here(_join(item.here.path, item.name), item.node, {}, {}, owned=False)
+                work.append(_Work(sub))
+                item.entry.children = []
+                self._read_dir(sub, item.level, depth, show_hidden, only, item.entry.children, work)
+        finally:
+            for item in work:
+                if item.entry is None:
+                    item.here.close()
+        if only is not None:
+            result = _prune(result, only)
+        return result
+
+    def _read_dir(
         self,
         here: _Here,
         level: int,
         depth: int | None,
         show_hidden: bool,
         only: int | None,
-    ) -> list[TreeEntry]:
+        out: list[TreeEntry],
+        work: list[_Work],
+    ) -> None:
+        """Append the entries of `here` (at `level`) to `out`, sorted, and queue
+        the directories among them that the walk enters."""
         assert here.node is not None
         visible = {n: node for n, node in self.fs.list_dir(here.node) if n not in _DOTS}
         names = set(visible)
@@ -459,36 +558,29 @@ class StackView:
                 for n, _ in io.scan_dir(fd):
                     if n != whiteout.OCI_OPAQUE:
                         names.add(whiteout.oci_whiteout_target(n) or n)
-        out: list[TreeEntry] = []
+        entered: list[_Work] = []
         for name in sorted(names):
             path = os.fsdecode(_join(here.path, name))
             node = visible.get(name)
             if node is None:
-                entry = self._hidden_entry(here, name)
-                if entry is not None and (
+                hidden = self._hidden_entry(here, name)
+                if hidden is not None and (
                     only is None
-                    or only == entry.layer
-                    or (entry.hidden_by is not None and only == entry.hidden_by.layer)
+                    or only == hidden.layer
+                    or (hidden.hidden_by is not None and only == hidden.hidden_by.layer)
                 ):
-                    out.append(entry)
+                    out.append(hidden)
                 continue
             entry = self._entry(path, name, node)
             is_dir = stat.S_ISDIR(node.st.st_mode)
-            if is_dir and (depth is None or level < depth):
-                if show_hidden:
-                    info = self._look(here, name)
-                    entry.opaque = _opaque_layer(info.res)
-                    sub = self._descend(here, name, info)
-                    try:
-                        entry.children = self._children(sub, level + 1, depth, show_hidden, only)
-                    finally:
-                        sub.close()
-                elif only is None or only in entry.layers:
-                    sub = _Here(_join(here.path, name), node, {}, {}, owned=False)
-                    entry.children = self._children(sub, level + 1, depth, show_hidden, only)
-            if only is None or entry.layer == only or entry.children or entry.opaque == only:
-                out.append(entry)
-        return out
+            if (
+                is_dir
+                and (depth is None or level < depth)
+                and (show_hidden or only is None or only in entry.layers)
+            ):
+                entered.append(_Work(here, name, entry, node, level + 1))
+            out.append(entry)
+        work.extend(reversed(entered))
 
     def _hidden_entry(self, here: _Here, name: bytes) -> TreeEntry | None:
         """A name no layer shows: its top real copy and what hides it (None when
@@ -501,6 +593,25 @@ class StackView:
         top = real[0]
         return TreeEntry(os.fsdecode(name), os.fsdecode(info.path), top.type, top.layer,
                          hidden_by=top.by)  # fmt: skip
+
+
+def _prune(entries: list[TreeEntry], only: int) -> list[TreeEntry]:
+    """Keep what layer `only` contributes and the directories leading to it
+    (bottom up, without recursion)."""
+
+    def keep(e: TreeEntry) -> bool:
+        return e.layer == only or bool(e.children) or e.opaque == only or e.hidden_by is not None
+
+    order: list[TreeEntry] = []
+    pending = list(entries)
+    while pending:
+        e = pending.pop()
+        order.append(e)
+        pending.extend(e.children or ())
+    for e in reversed(order):  # every entry after its descendants
+        if e.children:
+            e.children = [c for c in e.children if keep(c)]
+    return [e for e in entries if keep(e)]
 
 
 def _opaque_layer(res: Resolution | None) -> int | None:

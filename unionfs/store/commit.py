@@ -8,9 +8,11 @@ image shows is what its blob holds.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from unionfs.errors import UnionfsError
 from unionfs.image.decompress import Compression
@@ -20,9 +22,11 @@ from unionfs.image.sources import SourceLayer
 from unionfs.store.base import StoreBase
 from unionfs.store.files import write_json_atomic
 from unionfs.store.layers import QuietReport
+from unionfs.store.leases import holding_lease
 from unionfs.store.records import (
     LAYER_SUFFIX,
     OCI_LAYER,
+    SHA256,
     Committed,
     ContainerRecord,
     ImageRecord,
@@ -31,6 +35,10 @@ from unionfs.store.records import (
     now_rfc3339,
     short_id,
 )
+
+
+def sha256_of(data: bytes) -> str:
+    return SHA256 + hashlib.sha256(data).hexdigest()
 
 
 class _CollectWarnings(QuietReport):
@@ -45,6 +53,10 @@ class _CollectWarnings(QuietReport):
 
 class CommitMixin(StoreBase):
     """``commit``: a container's changes as a new image."""
+
+    if TYPE_CHECKING:
+        # `LayersMixin` (unionfs.store.layers) has it: a container's layer dirs.
+        def lowers(self, diff_ids: tuple[str, ...]) -> list[Path]: ...
 
     def commit_container(
         self,
@@ -67,15 +79,23 @@ class CommitMixin(StoreBase):
         gives an empty layer, as ``docker commit`` does.
         """
         with contextlib.ExitStack() as hold:
+            lease = hold.enter_context(holding_lease(self))
             with self.locked():
                 c = self.resolve_container(text)
                 hold.enter_context(self.keep_unmounted(c, "commit"))
                 config = self._commit_base_config(c)
                 base = self._commit_base_layers(c)
+                # kept by the lease until the new image's record names them
+                lease.add(layers=c.diff_ids, blobs=[c.image, *(la.digest for la in base)])
             with self.staging("commit") as stage:
                 blob = stage / "blob"
                 with open(blob, "wb") as f:
-                    written = write_layer(self.container_upper(c), f, compression=compression)
+                    written = write_layer(
+                        self.container_upper(c),
+                        f,
+                        compression=compression,
+                        lowers=self.lowers(c.diff_ids),  # renamed dirs are written whole
+                    )
                     f.flush()
                     os.fsync(f.fileno())
                 report = _CollectWarnings()
@@ -90,34 +110,40 @@ class CommitMixin(StoreBase):
                     diff_id=written.diff_id,
                     open=reopen,
                 )
-                top = self._import_layer(source, report)
-        now = now_rfc3339()
-        config["created"] = now
-        if author:
-            config["author"] = author
-        config["rootfs"] = {"type": "layers", "diff_ids": [*c.diff_ids, top.diff_id]}
-        step = {"created": now, "created_by": "unionfs commit", "author": author,
-                "comment": message}  # fmt: skip
-        config["history"] = [*(config.get("history") or []), {k: v for k, v in step.items() if v}]
-        config_bytes = json.dumps(config, separators=(",", ":")).encode()
-        layers = [*base, top]
-        with self.staging("image") as stage:
-            config_digest = self._put_blob_bytes(stage, config_bytes)
-            manifest_digest = self._put_blob_bytes(stage, self._make_manifest(config_bytes, layers))
-            record = ImageRecord(config_digest, manifest_digest, tuple(layers), now, False)
+                top = self._import_layer(source, report, lease)
+            now = now_rfc3339()
+            config["created"] = now
+            if author:
+                config["author"] = author
+            config["rootfs"] = {"type": "layers", "diff_ids": [*c.diff_ids, top.diff_id]}
+            step = {"created": now, "created_by": "unionfs commit", "author": author,
+                    "comment": message}  # fmt: skip
+            config["history"] = [
+                *(config.get("history") or []),
+                {k: v for k, v in step.items() if v},
+            ]
+            config_bytes = json.dumps(config, separators=(",", ":")).encode()
+            layers = [*base, top]
+            manifest_bytes = self._make_manifest(config_bytes, layers)
             with self.locked():
-                # A removal that ran meanwhile may have collected what nothing used yet.
-                gone = [la for la in layers if not self.blob_path(la.digest).exists()]
-                if gone or not (self.layers_dir / hex_of(top.diff_id) / "layer.json").exists():
-                    raise UnionfsError(
-                        f"container {c.name}: layers were removed from the store while it "
-                        "was committed: commit again"
-                    )
-                if self.image(config_digest) is None:
-                    write_json_atomic(self.images_dir / f"{hex_of(config_digest)}.json",
-                                       record.to_json())  # fmt: skip
-                moved = self._set_tags([name], config_digest) if name is not None else ()
-        return Committed(record, c, written, name, moved, (*written.warnings, *report.lines))
+                lease.add(blobs=[sha256_of(config_bytes), sha256_of(manifest_bytes)])
+            with self.staging("image") as stage:
+                config_digest = self._put_blob_bytes(stage, config_bytes)
+                manifest_digest = self._put_blob_bytes(stage, manifest_bytes)
+                record = ImageRecord(config_digest, manifest_digest, tuple(layers), now, False)
+                with self.locked():
+                    # The lease kept all of it; a store changed by hand may still lack it.
+                    gone = [la for la in layers if not self.blob_path(la.digest).exists()]
+                    if gone or not (self.layers_dir / hex_of(top.diff_id) / "layer.json").exists():
+                        raise UnionfsError(
+                            f"container {c.name}: layers were removed from the store while it "
+                            "was committed: commit again"
+                        )
+                    if self.image(config_digest) is None:
+                        write_json_atomic(self.images_dir / f"{hex_of(config_digest)}.json",
+                                           record.to_json())  # fmt: skip
+                    moved = self._set_tags([name], config_digest) if name is not None else ()
+            return Committed(record, c, written, name, moved, (*written.warnings, *report.lines))
 
     def _commit_base_config(self, c: ContainerRecord) -> dict[str, Any]:
         """The config of the container's image (kept for commit even after ``rmi``)."""
