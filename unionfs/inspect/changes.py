@@ -95,14 +95,14 @@ def container_changes(upper: Path, lowers: Sequence[Path]) -> list[Change]:
         if not d.is_dir():
             raise UnionfsError(f"layer directory {d} is missing")
     with ExitStack() as stack:
-        new = _open_union(stack, [upper, *lowers])
-        old = _open_union(stack, lowers) if lowers else None
-        found = list(_walk(new, old))
+        new = open_union(stack, [upper, *lowers])
+        old = open_union(stack, lowers) if lowers else None
+        found = [change for change, _, _ in walk(new, old)]
     found.sort(key=lambda c: os.fsencode(c.path))
     return found
 
 
-def _open_union(stack: ExitStack, dirs: Sequence[Path]) -> UnionFS:
+def open_union(stack: ExitStack, dirs: Sequence[Path]) -> UnionFS:
     """A read-only union of `dirs` (top first), closed when `stack` closes."""
     layers: list[Layer] = []
     for i, d in enumerate(dirs):
@@ -114,15 +114,19 @@ def _open_union(stack: ExitStack, dirs: Sequence[Path]) -> UnionFS:
     return fs
 
 
-def _walk(new: UnionFS, old: UnionFS | None) -> Iterator[Change]:
-    """Compare the two views, entering the directories the upper layer holds."""
+def walk(new: UnionFS, old: UnionFS | None) -> Iterator[tuple[Change, Node | None, Node | None]]:
+    """Compare the two views, entering the directories the upper layer holds.
+
+    Yields each change (unsorted) with its entry in `new` (None for ``D``) and
+    in `old` (None for ``A``), so that callers can read their types and sizes
+    or walk what a ``D`` removed with `entries`."""
     pending: list[tuple[bytes, Node, Node | None]] = [
         (b"", new.node(ROOT_INO), old.node(ROOT_INO) if old is not None else None)
     ]
     while pending:
         path, new_dir, old_dir = pending.pop()
-        now = _entries(new, new_dir, path)
-        before = _entries(old, old_dir, path) if old is not None and old_dir is not None else {}
+        now = entries(new, new_dir, path)
+        before = entries(old, old_dir, path) if old is not None and old_dir is not None else {}
         if now is None or before is None:
             continue
         for name, node in now.items():
@@ -130,15 +134,15 @@ def _walk(new: UnionFS, old: UnionFS | None) -> Iterator[Change]:
                 continue  # the image's own entry: the upper layer holds nothing of it
             child = path + b"/" + name
             was = before.get(name)
-            yield Change("A" if was is None else "C", os.fsdecode(child))
+            yield Change("A" if was is None else "C", os.fsdecode(child)), node, was
             if stat.S_ISDIR(node.st.st_mode):
                 was_dir = was is not None and stat.S_ISDIR(was.st.st_mode)
                 pending.append((child, node, was if was_dir else None))
         for name in before.keys() - now.keys():
-            yield Change("D", os.fsdecode(path + b"/" + name))
+            yield Change("D", os.fsdecode(path + b"/" + name)), None, before[name]
 
 
-def _entries(fs: UnionFS, node: Node, path: bytes) -> dict[bytes, Node] | None:
+def entries(fs: UnionFS, node: Node, path: bytes) -> dict[bytes, Node] | None:
     """A directory's merged entries by name; None if it vanished while being read."""
     for _ in range(_ATTEMPTS):
         try:
