@@ -10,15 +10,22 @@
 - A test fails if a ``unionfs*`` logger logged a WARNING or worse, unless the test
   is marked ``@pytest.mark.allow_warnings`` (optionally with regexes the messages
   must match: ``@pytest.mark.allow_warnings(r"copy-up of .* fell back")``).
+- A test that leaves a child process behind (running, or exited and never waited
+  for) fails itself, and the process is killed and reaped in its teardown: one
+  test's leftover can never fail another (a `subprocess.Popen` collected during a
+  later test would warn "still running" there, an error under filterwarnings).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import getpass
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -174,3 +181,61 @@ def _fail_on_unexpected_warnings(
             " they are expected):\n" + "\n".join(unexpected),
             pytrace=False,
         )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _children() -> dict[int, str]:
+    """This process's child processes: pid -> command line (zombies included)."""
+    me = str(os.getpid())
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if fields[1].decode() != me:
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        found[int(entry.name)] = cmdline or "(exited, not waited for)"
+    return found
+
+
+def _kill_and_reap(pids: set[int]) -> None:
+    """Kill and wait for `pids`, through their `Popen` objects where there are
+    some: a Popen left with no return code warns "still running" whenever it is
+    collected, maybe during another test (sys.last_traceback keeps a failed
+    test's frames alive until the next failure)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for obj in gc.get_objects():
+        if isinstance(obj, subprocess.Popen) and obj.pid in pids and obj.returncode is None:
+            obj.wait()
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+@pytest.fixture(autouse=True)
+def _no_processes_left_behind() -> Iterator[None]:
+    """Fail the test that left a child process behind; kill and reap it here, so
+    that nothing of it reaches a later test."""
+    before = set(_children())
+    yield
+    left = {pid: cmd for pid, cmd in _children().items() if pid not in before}
+    if not left:
+        return
+    _kill_and_reap(set(left))
+    pytest.fail(
+        "the test left child processes behind (now killed):\n"
+        + "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(left.items())),
+        pytrace=False,
+    )

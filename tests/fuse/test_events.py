@@ -23,7 +23,7 @@ import trio
 import trio.testing
 
 from tests.support.cli import run_unionfs
-from tests.support.kernel import TmpMounts
+from tests.support.kernel import WAIT_LIMIT, TmpMounts, wait_for
 from tests.support.stack import Dir, File, Layer, Symlink, build_stack
 from tests.support.tree import compare, snapshot
 from unionfs.cli.events import (
@@ -743,7 +743,7 @@ SIZE = {r: 100 + 37 * i for i, r in enumerate(["write", "truncate", "chmod", "ch
 
 
 def unionfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run_unionfs(*args, check=check, timeout=60)
+    return run_unionfs(*args, check=check, timeout=WAIT_LIMIT)
 
 
 def mount_events(mnt: Path) -> list[dict[str, Any]]:
@@ -859,19 +859,21 @@ def test_lookups_per_layer(tmp_mounts: TmpMounts, lowers: list[Path], tmp_path: 
     assert after["requests"]["lookup"] - before["requests"].get("lookup", 0) == len(names)
 
 
-def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
-    """One line of `proc`'s stdout, or b"" after `timeout` seconds."""
+def read_line(proc: subprocess.Popen[bytes], what: str) -> bytes:
+    """The next line of `proc`'s stdout, as soon as it comes; fails saying `what`
+    was awaited if the process ends first, or (a safety net, not a measure of
+    speed) if nothing comes within WAIT_LIMIT seconds."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     data = b""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + WAIT_LIMIT
     while not data.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
-            break
+            pytest.fail(f"no line from {proc.args!r} within {WAIT_LIMIT:g}s: {what}")
         chunk = os.read(fd, 1)
         if not chunk:
-            break
+            pytest.fail(f"{proc.args!r} ended (exit {proc.wait()}) before {what}: {data!r}")
         data += chunk
     return data
 
@@ -882,25 +884,31 @@ def test_following_sees_what_happens_after_it_connected(
 ) -> None:
     mnt = writable(tmp_mounts, lowers, tmp_path)
     (mnt / "before").write_text("b")
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "unionfs", "events", "--json", str(mnt)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
-    )
-    try:
-        assert json.loads(read_line(proc, 30))["path"] == "/before"  # the kept one
-        deadline = time.monotonic() + 30
-        while mount_stats(mnt)["events"]["listeners"] != 1:
-            assert time.monotonic() < deadline, "the follower never connected"
-            time.sleep(0.05)
-        (mnt / "after").write_text("a")
-        event = json.loads(read_line(proc, 30))
-        assert (event["event"], event["path"], event["type"]) == ("create", "/after", "file")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+    ) as proc:
+        try:
+            kept = json.loads(read_line(proc, "the kept event"))
+            assert kept["path"] == "/before"
+            wait_for(
+                lambda: mount_stats(mnt)["events"]["listeners"] == 1,
+                "the follower never connected",
+            )
+            (mnt / "after").write_text("a")
+            event = json.loads(read_line(proc, "the event of a new file"))
+            assert (event["event"], event["path"], event["type"]) == ("create", "/after", "file")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                _, err = proc.communicate(timeout=WAIT_LIMIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                pytest.fail(f"`unionfs events` ignored SIGINT for {WAIT_LIMIT:g}s")
     assert proc.returncode in (0, 130)
     assert b"Traceback" not in err
     assert err == b""

@@ -3,12 +3,12 @@ and again does not grow its memory."""
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.kernel import TmpMounts, unionfs_daemon_pids
+from tests.support.kernel import TmpMounts, unionfs_daemon_pids, wait_for
+from unionfs.fuse import control, runstate
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -22,20 +22,31 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def forget_everything(pid: int, below_kib: int) -> int:
-    """Make the kernel drop its dentries and inodes (it then sends FORGETs, in
-    batches, asynchronously); return the daemon's RSS once it fell below
-    `below_kib`, or after four seconds (asking the kernel again after two)."""
-    rss = rss_kib(pid)
-    for attempt in range(40):
-        if attempt % 20 == 0:
-            os.sync()
-            Path("/proc/sys/vm/drop_caches").write_text("2\n")
-        time.sleep(0.1)
-        rss = rss_kib(pid)
-        if rss < below_kib:
-            break
-    return rss
+def forgets_answered(mnt: Path) -> int:
+    """How many FORGET requests the daemon of `mnt` has handled."""
+    state = runstate.read_state(mnt)
+    assert state is not None, f"no live state for {mnt}"
+    ((_, stats),) = list(control.query(state.control, str(mnt), {"op": "stats"}))
+    return int(stats["requests"].get("forget", 0))
+
+
+def no_forget_pending(mnt: Path) -> bool:
+    """True when a request sent now reaches the daemon with no FORGET before it.
+    The kernel hands queued FORGETs to the daemon ahead of other requests, and
+    statvfs always goes to the daemon: if the count did not move across one
+    statvfs round trip, nothing was queued."""
+    before = forgets_answered(mnt)
+    os.statvfs(mnt)
+    return forgets_answered(mnt) == before
+
+
+def forget_everything(pid: int, mnt: Path) -> int:
+    """Make the kernel drop its dentries and inodes, wait until the daemon has
+    handled every FORGET that sent, and return the daemon's RSS then."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+    wait_for(lambda: no_forget_pending(mnt), f"FORGETs kept coming to the daemon of {mnt}")
+    return rss_kib(pid)
 
 
 def test_walks_do_not_grow_memory(tmp_path: Path, tmp_mounts: TmpMounts) -> None:
@@ -55,7 +66,7 @@ def test_walks_do_not_grow_memory(tmp_path: Path, tmp_mounts: TmpMounts) -> None
     for tree in "abab":
         subprocess.run(["find", str(mnt / tree)], check=True, stdout=subprocess.DEVNULL)
         peaks.append(rss_kib(pid))
-        after_forget.append(forget_everything(pid, peaks[-1] - 8 * 1024))
+        after_forget.append(forget_everything(pid, mnt))
 
     # Walking a different tree after the kernel forgot the first one reuses the
     # memory instead of adding to it (the drop right after a forget is not

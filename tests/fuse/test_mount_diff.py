@@ -6,13 +6,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.kernel import TmpMounts, is_mountpoint, unionfs_daemon_pids
+from tests.support.kernel import (
+    WAIT_LIMIT,
+    TmpMounts,
+    is_mountpoint,
+    process_gone,
+    unionfs_daemon_pids,
+    wait_for,
+)
 from tests.support.stack import (
     KERNEL_FORMATS,
     UNPREDICTABLE,
@@ -239,14 +245,14 @@ def test_foreground_mount_serves_until_unmounted(tmp_path: Path, tmp_mounts: Tmp
     log = tmp_path / "fg.log"
     with open(log, "w") as err, subprocess.Popen(cmd, cwd=REPO, stderr=err) as proc:
         try:
-            for _ in range(200):
-                if is_mountpoint(mnt):
-                    break
-                assert proc.poll() is None, log.read_text()
-                time.sleep(0.05)
+            wait_for(
+                lambda: is_mountpoint(mnt) or proc.poll() is not None,
+                f"the foreground mount never appeared on {mnt}",
+            )
+            assert proc.poll() is None, log.read_text()
             assert (mnt / "etc/motd").read_bytes() == b"top motd\n"
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 0, log.read_text()
+            assert proc.wait(timeout=WAIT_LIMIT) == 0, log.read_text()
             assert not is_mountpoint(mnt)
         finally:
             if proc.poll() is None:
@@ -255,8 +261,4 @@ def test_foreground_mount_serves_until_unmounted(tmp_path: Path, tmp_mounts: Tmp
 
 
 def _wait_gone(pids: set[int]) -> None:
-    for _ in range(200):
-        if not any(Path(f"/proc/{p}").exists() for p in pids):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"daemon {pids} still running")
+    wait_for(lambda: all(process_gone(p) for p in pids), f"daemon {pids} still running")

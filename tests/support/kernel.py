@@ -18,14 +18,17 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 __all__ = [
     "REQUIRE_MOUNTS_ENV",
+    "WAIT_LIMIT",
     "MountError",
     "MountInfo",
     "TmpMounts",
@@ -39,8 +42,12 @@ __all__ = [
     "mounts_under",
     "overlay_mount",
     "overlay_options",
+    "process_gone",
     "requires_root_and_fuse",
+    "unionfs_daemon_pids",
     "unmount",
+    "wait_daemons_gone",
+    "wait_for",
 ]
 
 #: If set to a non-empty value, tests marked ``mount`` FAIL instead of being skipped
@@ -51,7 +58,35 @@ REQUIRE_MOUNTS_ENV = "UNIONFS_TESTS_REQUIRE_MOUNTS"
 #: tests/conftest.py skips such tests, with the reason, where they cannot run).
 requires_root_and_fuse = pytest.mark.mount
 
+#: How long one unmount step may take before the next, stronger one is tried.
 _TIMEOUT = 30.0
+
+_T = TypeVar("_T")
+
+#: The safety net of every wait on a condition in the tests: no machine, however
+#: loaded, takes this long for what the tests wait for; reaching it means the
+#: condition will never come, and the test fails saying which.
+WAIT_LIMIT = 300.0
+
+
+def wait_for(condition: Callable[[], _T | None], what: str, *, limit: float = WAIT_LIMIT) -> _T:
+    """Poll `condition` until it returns a true value, and return that value.
+
+    A wait on a condition, not a clock: it returns as soon as the condition
+    holds, however slow the machine. ``limit`` seconds is only a safety net
+    against a hang; reaching it fails with ``what`` (say what did not happen)."""
+    deadline = time.monotonic() + limit
+    pause = 0.001
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (still not after {limit:g}s)")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 _REPO = Path(__file__).resolve().parents[2]
 _MAX_STACKED = 16
 # The legacy mount(2) data argument is limited to one page.
@@ -205,7 +240,7 @@ def mount_overlay(
     extra_opts: Iterable[str] = (),
     *,
     source: str = "overlay",
-    timeout: float = _TIMEOUT,
+    timeout: float = WAIT_LIMIT,
 ) -> Path:
     """Mount kernel overlayfs (``lowers`` top first) at ``mountpoint``; returns it.
 
@@ -344,7 +379,7 @@ class TmpMounts:
         *,
         name: str = "unionfs",
         args: Iterable[str] = (),
-        timeout: float = 60.0,
+        timeout: float = WAIT_LIMIT,
     ) -> Path:
         """Mount unionfs (``lowers`` top first) on a new registered mountpoint by
         running ``python -m unionfs mount --lower ... [args] MOUNTPOINT``, which
@@ -379,18 +414,48 @@ class TmpMounts:
         return mnt
 
     def unmount(self, mountpoint: Path) -> None:
-        """Unmount one registered mountpoint now (it stays registered)."""
+        """Unmount one registered mountpoint now (it stays registered), and wait
+        for its unionfs daemon, if any, to be gone."""
+        daemons = unionfs_daemon_pids(mountpoint)
         force_unmount(mountpoint)
+        wait_daemons_gone(daemons, mountpoint)
 
     def cleanup(self) -> list[str]:
-        """Unmount everything registered, newest first; returns what failed."""
+        """Unmount everything registered, newest first, and wait for their
+        daemons to end (a daemon still ending must not be seen by the next
+        test); returns what failed."""
         problems: list[str] = []
         for mountpoint in reversed(self._mountpoints):
             try:
-                force_unmount(mountpoint)
-            except (MountError, OSError) as exc:
+                self.unmount(mountpoint)
+            except (MountError, OSError, AssertionError) as exc:
                 problems.append(f"{mountpoint}: {exc}")
         return problems
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie, not yet reaped, counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return status[status.rindex(b")") + 2 :].startswith(b"Z")
+
+
+def wait_daemons_gone(pids: set[int], mountpoint: Path | str, *, limit: float = 60.0) -> None:
+    """Wait until the daemons `pids` of the unmounted `mountpoint` have exited;
+    past `limit` they are killed and the wait fails."""
+    try:
+        wait_for(
+            lambda: all(process_gone(p) for p in pids),
+            f"the daemon(s) {sorted(pids)} of {mountpoint} did not exit after the unmount",
+            limit=limit,
+        )
+    except AssertionError:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        raise
 
 
 def unionfs_daemon_pids(mountpoint: Path) -> set[int]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import fnmatch
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from unionfs.cli import display
-from unionfs.cli.common import get_store, json_option
+from unionfs.cli import format as format_
+from unionfs.cli.common import complete_images, get_store, listing_options
+from unionfs.cli.format import Row
+from unionfs.errors import UnionfsError
 from unionfs.image.refs import Reference, parse_reference
 from unionfs.inspect.history import history_rows
 from unionfs.store.export import FORMATS, export_image
-from unionfs.store.records import ImageRecord, LayerInfo, parse_time, short_id
+from unionfs.store.records import SHA256, ImageRecord, LayerInfo, hex_of, parse_time, short_id
 from unionfs.store.store import Store
 
 # -- import ---------------------------------------------------------------------------
@@ -88,14 +94,21 @@ class _ImportPrinter:
 def import_cmd(ctx: click.Context, path: Path, name: str | None) -> None:
     """Import a docker save archive, an OCI layout dir or an oci-archive.
 
-    NAME[:TAG] names the image (default: the names the archive gives it).
-    Layers already in the store are not unpacked again.
+    PATH - reads an archive from standard input. NAME[:TAG] names the image
+    (default: the names the archive gives it). Layers already in the store are
+    not unpacked again.
     """
     ref = parse_reference(name) if name else None
     store = get_store(ctx)
     printer = _ImportPrinter()
-    with printer.running():
-        results = store.import_path(path, ref, printer)
+    if str(path).startswith("docker:/"):  # (a Path has made docker:// docker:/)
+        given = "docker://" + str(path).removeprefix("docker:/").lstrip("/")
+        raise UnionfsError(f"{given} is a registry reference: use `unionfs pull {given}`")
+    with contextlib.ExitStack() as stack:
+        if str(path) == "-":
+            path = _stdin_to_file(store, stack)
+        with printer.running():
+            results = store.import_path(path, ref, printer)
     for r in results:
         for tag, old in r.untagged_from:
             click.echo(f"tag {tag} moved from image {short_id(old)}")
@@ -113,58 +126,154 @@ def _image_size(store: Store, image: ImageRecord) -> int:
     return sum(store.layer_info(d).size for d in image.diff_ids)
 
 
-@click.command("ls")
-@json_option
-@click.pass_context
-def images_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List images: one line per tag, untagged images as <none>."""
-    store = get_store(ctx)
+IMAGES = format_.listing(
+    "images",
+    [
+        format_.Field("ID", "IMAGE ID", lambda r, full: format_.short(r["id"], full)),
+        format_.Field("Repository", "REPOSITORY", lambda r, full: r["repository"] or "<none>"),
+        format_.Field("Tag", "TAG", lambda r, full: r["tag"] or "<none>"),
+        format_.Field("Digest", "DIGEST", lambda r, full: r["digest"]),
+        format_.Field("Created", "CREATED", lambda r, full: format_.ago(r["created"])),
+        format_.Field("CreatedSince", "CREATED", lambda r, full: format_.ago(r["created"])),
+        format_.Field("CreatedAt", "CREATED AT", lambda r, full: r["created"] or "N/A"),
+        format_.Field("Size", "SIZE", lambda r, full: display.human_size(r["size"])),
+        format_.Field("Layers", "LAYERS", lambda r, full: str(r["layers"])),
+        format_.Field("Containers", "CONTAINERS", lambda r, full: str(r["containers"])),
+        format_.Field("Dangling", "DANGLING", lambda r, full: str(r["repository"] is None).lower()),
+    ],
+    table=["Repository", "Tag", "ID", "Created", "Size"],
+    quiet="ID",
+)
+
+IMAGE_FILTERS = ("reference", "dangling", "before", "since", "id", "label")
+
+
+def _reference_matches(pattern: str, ref: Reference) -> bool:
+    """podman's reference=: a glob over NAME[:TAG]; a NAME alone also matches the
+    last part of a longer name (``alpine`` matches ``docker.io/library/alpine``)."""
+    if ":" in pattern.rpartition("/")[2]:
+        name_pattern, _, tag_pattern = pattern.rpartition(":")
+        if not fnmatch.fnmatchcase(ref.tag, tag_pattern):
+            return False
+    else:
+        name_pattern = pattern
+    return fnmatch.fnmatchcase(ref.name, name_pattern) or fnmatch.fnmatchcase(
+        ref.name, f"*/{name_pattern}"
+    )
+
+
+def _label_matches(wanted: str, labels: dict[str, str]) -> bool:
+    key, eq, value = wanted.partition("=")
+    return key in labels and (not eq or labels[key] == value)
+
+
+def _before(a: dt.datetime | None, b: dt.datetime | None) -> bool:
+    """Whether `a` is known to be earlier than `b` (an unknown time never is)."""
+    return a is not None and b is not None and a < b
+
+
+def image_rows(store: Store, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """One row per tag (untagged images: one row without one), newest first,
+    of the images every filter lets through."""
+    times: dict[str, dt.datetime | None] = {}
+    for key in ("before", "since"):
+        for text in filters.get(key, []):
+            times[text] = parse_time(store.config(store.resolve_image(text)).get("created"))
+    containers = store.containers()
     rows: list[dict[str, Any]] = []
     for image in store.images():
         config = store.config(image)
+        created = parse_time(config.get("created"))
+        labels = (config.get("config") or {}).get("Labels") or {}
+        if "id" in filters and not any(
+            hex_of(image.id).startswith(v.removeprefix(SHA256)) for v in filters["id"]
+        ):
+            continue
+        if "label" in filters and not any(_label_matches(v, labels) for v in filters["label"]):
+            continue
+        if "before" in filters and not any(_before(created, times[v]) for v in filters["before"]):
+            continue
+        if "since" in filters and not any(_before(times[v], created) for v in filters["since"]):
+            continue
         size = _image_size(store, image)
         tags: list[Reference | None] = list(store.tags_of(image.id)) or [None]
+        if "dangling" in filters:
+            want = [format_.boolean("dangling", v) for v in filters["dangling"]]
+            if (tags == [None]) not in want:
+                continue
+        if "reference" in filters:
+            tags = [
+                t
+                for t in tags
+                if t is not None and any(_reference_matches(p, t) for p in filters["reference"])
+            ]
         for t in tags:
             rows.append(
                 {
                     "repository": t.name if t else None,
                     "tag": t.tag if t else None,
                     "id": image.id,
-                    "digest": image.manifest_digest,
+                    "digest": image.manifest_for(t),
                     "created": config.get("created"),
                     "size": size,
                     "layers": len(image.layers),
+                    "containers": sum(c.image == image.id for c in containers),
                 }
             )
     rows.sort(key=lambda r: (r["created"] or "", r["repository"] or ""), reverse=True)
-    if as_json:
-        display.echo_json(rows)
-        return
-    display.echo_table(
-        ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
-        [
-            [
-                r["repository"] or "<none>",
-                r["tag"] or "<none>",
-                short_id(r["id"]),
-                display.ago(parse_time(r["created"])),
-                display.human_size(r["size"]),
-            ]
-            for r in rows
-        ],
-    )
+    return rows
+
+
+@click.command("ls")
+@click.option(
+    "-a",
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Accepted as podman has it: the store keeps "
+    "no intermediate images, so every image is always listed.",
+)
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only the images that match: reference=NAME[:TAG] (a glob), dangling=true|false "
+    "(untagged), before=IMAGE, since=IMAGE (created before/after it), id=PREFIX, "
+    "label=KEY[=VALUE]. Repeated keys: any value; different keys: all.",
+)
+@listing_options(IMAGES, trunc_help="Show whole image IDs (sha256:...).")
+@click.pass_context
+def images_cmd(
+    ctx: click.Context,
+    all_: bool,
+    filters: tuple[str, ...],
+    fmt: str | None,
+    quiet: bool,
+    no_trunc: bool,
+    as_json: bool,
+) -> None:
+    """List images: one line per tag, untagged images as <none>."""
+    spec = format_.output(fmt, as_json=as_json, quiet=quiet, no_trunc=no_trunc)
+    wanted = format_.parse_filters(filters, IMAGE_FILTERS)
+    store = get_store(ctx)
+    format_.echo(spec, IMAGES, image_rows(store, wanted))
 
 
 def inspect_image(store: Store, image: ImageRecord) -> dict[str, Any]:
     """The image as ``docker image inspect`` describes one."""
     config = store.config(image)
     tags = store.tags_of(image.id)
-    repos = dict.fromkeys(t.name for t in tags)
     lowers = store.lowers(image.diff_ids)
     return {
         "Id": image.id,
         "RepoTags": [str(t) for t in tags],
-        "RepoDigests": [f"{r}@{image.manifest_digest}" for r in repos] if image.repo_digest else [],
+        "RepoDigests": (
+            list(dict.fromkeys(f"{t.name}@{image.manifest_for(t)}" for t in tags))
+            if image.repo_digest
+            else []
+        ),
         "ManifestDigest": image.manifest_digest,
         "Created": config.get("created"),
         "Author": config.get("author", ""),
@@ -182,46 +291,86 @@ def inspect_image(store: Store, image: ImageRecord) -> dict[str, Any]:
 
 
 @click.command("inspect")
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.argument(
+    "images", nargs=-1, required=True, metavar="IMAGE...", shell_complete=complete_images
+)
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    default="json",
+    metavar="FORMAT",
+    help="json (the default), or a template of fields: a dotted path into the JSON, "
+    "such as '{{.Id}} {{.RootFS.Layers}}'.",
+)
 @click.pass_context
-def inspect_cmd(ctx: click.Context, images: tuple[str, ...]) -> None:
+def inspect_cmd(ctx: click.Context, images: tuple[str, ...], fmt: str) -> None:
     """Show images as JSON: ID, tags, digests, config, layers, size."""
+    format_.parse_template(fmt)  # a bad template fails before any work
     store = get_store(ctx)
-    display.echo_json([inspect_image(store, store.resolve_image(i)) for i in images])
+    objects = [inspect_image(store, store.resolve_image(i)) for i in images]
+    click.echo(format_.render_objects(fmt, objects))
+
+
+def _created_by(r: Row, no_trunc: bool) -> str:
+    by = " ".join(r["created_by"].split())
+    if not no_trunc and len(by) > 60:
+        by = by[:59] + "…"
+    return by
+
+
+def _layer(r: Row, no_trunc: bool) -> str:
+    if not r["layer"]:
+        return "(empty layer)"
+    return f"{r['layer_index']} {format_.short(r['layer'], no_trunc)}"
+
+
+HISTORY = format_.listing(
+    "history steps",
+    [
+        format_.Field(
+            "ID", "ID", lambda r, full: format_.short(r["id"], full) if r["id"] else "<missing>"
+        ),
+        format_.Field("Created", "CREATED", lambda r, full: format_.ago(r["created"])),
+        format_.Field("CreatedSince", "CREATED", lambda r, full: format_.ago(r["created"])),
+        format_.Field("CreatedAt", "CREATED AT", lambda r, full: r["created"] or "N/A"),
+        format_.Field("CreatedBy", "CREATED BY", _created_by),
+        format_.Field("Size", "SIZE", lambda r, full: display.human_size(r["size"])),
+        format_.Field("Comment", "COMMENT", lambda r, full: r["comment"]),
+        format_.Field("Layer", "LAYER", _layer),
+        format_.Field("EmptyLayer", "EMPTY LAYER", lambda r, full: str(r["empty_layer"]).lower()),
+    ],
+    table=["Created", "CreatedBy", "Size", "Layer", "Comment"],
+    quiet="ID",
+)
 
 
 @click.command("history")
-@click.argument("image")
-@click.option("--no-trunc", is_flag=True, help="Do not shorten the CREATED BY column.")
-@json_option
+@click.argument("image", shell_complete=complete_images)
+@listing_options(
+    HISTORY,
+    trunc_help="Do not shorten the CREATED BY column or the IDs. (-q prints the image ID on "
+    "the newest step and <missing> on the others, as podman does for imported images.)",
+)
 @click.pass_context
-def history_cmd(ctx: click.Context, image: str, no_trunc: bool, as_json: bool) -> None:
-    """Show the steps that made an image, newest first, and the layer each made."""
+def history_cmd(
+    ctx: click.Context, image: str, fmt: str | None, quiet: bool, no_trunc: bool, as_json: bool
+) -> None:
+    """Show the steps that made an image, newest first, and the layer each made.
+
+    JSON lists the steps oldest first, as the image's config does.
+    """
+    spec = format_.output(fmt, as_json=as_json, quiet=quiet, no_trunc=no_trunc)
     store = get_store(ctx)
-    rows = history_rows(store, store.resolve_image(image))
-    if as_json:
-        display.echo_json(rows)
-        return
-    table = []
-    for r in reversed(rows):
-        by = " ".join(r["created_by"].split())
-        if not no_trunc and len(by) > 60:
-            by = by[:59] + "…"
-        layer = f"{r['layer_index']} {short_id(r['layer'])}" if r["layer"] else "(empty layer)"
-        table.append(
-            [
-                display.ago(parse_time(r["created"])),
-                by,
-                display.human_size(r["size"]),
-                layer,
-                r["comment"],
-            ]
-        )
-    display.echo_table(["CREATED", "CREATED BY", "SIZE", "LAYER", "COMMENT"], table)
+    record = store.resolve_image(image)
+    rows = history_rows(store, record)
+    for i, r in enumerate(rows):
+        r["id"] = record.id if i == len(rows) - 1 else None
+    format_.echo(spec, HISTORY, rows if spec.json else rows[::-1])
 
 
 @click.command("tag")
-@click.argument("source", metavar="IMAGE")
+@click.argument("source", metavar="IMAGE", shell_complete=complete_images)
 @click.argument("target", metavar="NAME[:TAG]")
 @click.pass_context
 def tag_cmd(ctx: click.Context, source: str, target: str) -> None:
@@ -230,7 +379,9 @@ def tag_cmd(ctx: click.Context, source: str, target: str) -> None:
 
 
 @click.command("rm")
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.argument(
+    "images", nargs=-1, required=True, metavar="IMAGE...", shell_complete=complete_images
+)
 @click.option("-f", "--force", is_flag=True, help="Remove even if containers use it.")
 @click.pass_context
 def rmi_cmd(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
@@ -251,7 +402,7 @@ for _cmd in (import_cmd, images_cmd, inspect_cmd, history_cmd, tag_cmd, rmi_cmd)
 
 
 @click.command("export")
-@click.argument("image")
+@click.argument("image", shell_complete=complete_images)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
     "--format",
@@ -279,15 +430,43 @@ def export_cmd(ctx: click.Context, image: str, path: Path, fmt: str, tag: str | 
     manifest digest).
     """
     ref = parse_reference(tag) if tag else None
+    to_stdout = str(path) == "-"
+    if to_stdout and fmt == "oci":
+        raise UnionfsError("an oci layout is a directory: use --format oci-archive or "
+                           "docker-archive to write to standard output")  # fmt: skip
+    if to_stdout and sys.stdout.isatty():
+        raise UnionfsError("refusing to write an image archive to a terminal: redirect "
+                           "standard output")  # fmt: skip
     store = get_store(ctx)
-    done = export_image(store, image, fmt, path, tag=ref)
+    with contextlib.ExitStack() as stack:
+        target = stack.enter_context(store.staging("export")) / "archive" if to_stdout else path
+        done = export_image(store, image, fmt, target, tag=ref)
+        if to_stdout:
+            with open(target, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
     name = f"{done.reference} " if done.reference else ""
     layers = len(done.image.layers)
     linked = f", {done.linked} blobs hard-linked" if done.linked else ""
     click.echo(
-        f"Exported {name}({short_id(done.image.id)}) to {done.path} as {fmt}: "
-        f"{layers} layer{'' if layers == 1 else 's'}, {display.human_size(done.size)}{linked}"
+        f"Exported {name}({short_id(done.image.id)}) to "
+        f"{'standard output' if to_stdout else done.path} as {fmt}: "
+        f"{layers} layer{'' if layers == 1 else 's'}, {display.human_size(done.size)}{linked}",
+        err=to_stdout,
     )
+
+
+def _stdin_to_file(store: Store, stack: contextlib.ExitStack) -> Path:
+    """Standard input, copied into a staging file of the store (an archive is read
+    out of order); the file goes when `stack` closes."""
+    if sys.stdin.isatty():
+        raise UnionfsError("image import -: standard input is a terminal: pipe an archive in")
+    dest = stack.enter_context(store.staging("stdin")) / "archive"
+    with open(dest, "wb") as f:
+        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+    if dest.stat().st_size == 0:
+        raise UnionfsError("image import -: standard input is empty")
+    return dest
 
 
 def register(cli: click.Group) -> None:

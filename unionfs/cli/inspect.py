@@ -18,7 +18,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from unionfs.cli import display
-from unionfs.cli.common import get_store, json_option
+from unionfs.cli.common import complete_objects_or_paths, get_store, json_option
 from unionfs.errors import UnionfsError, UsageError
 from unionfs.fuse import runstate
 from unionfs.inspect.answers import Blocked, Cause, CopyInfo, Explanation, TreeEntry, UpperInfo
@@ -174,6 +174,9 @@ def explanation_text(exp: Explanation) -> str:
         assert exp.layer is not None
         lines.append(f"{path}: {_entry_text(exp)}")
         lines.append(f"  from {s.layer(exp.layer).label}")
+        if exp.renamed is not None:
+            content = ", ".join(s.layer(i).short for i in exp.renamed.layers)
+            lines.append(f"  renamed from {shown(exp.renamed.source)}, content from {content}")
         merged = exp.merged_layers
         if len(merged) > 1:
             names = ", ".join(s.layer(i).short for i in merged)
@@ -229,6 +232,8 @@ def _tree_label(entry: TreeEntry, stack: Stack, *, full: bool = False) -> Text:
     label.append_text(_tag(stack, entry.layers or (entry.layer,)))
     if entry.opaque is not None:
         label.append(f" opaque in {stack.layer(entry.opaque).short}", style="italic")
+    if entry.renamed_from is not None:
+        label.append(f" renamed from {shown(entry.renamed_from)}", style="italic")
     return label
 
 
@@ -270,7 +275,13 @@ def _on_mount(path: str) -> tuple[Stack, str]:
 
 
 @click.command("explain")
-@click.argument("args", nargs=-1, required=True, metavar="[IMAGE|CONTAINER] PATH")
+@click.argument(
+    "args",
+    nargs=-1,
+    required=True,
+    metavar="[IMAGE|CONTAINER] PATH",
+    shell_complete=complete_objects_or_paths,
+)
 @json_option
 @click.pass_context
 def explain_cmd(ctx: click.Context, args: tuple[str, ...], as_json: bool) -> None:
@@ -300,7 +311,9 @@ def explain_cmd(ctx: click.Context, args: tuple[str, ...], as_json: bool) -> Non
 
 
 @click.command("tree")
-@click.argument("source", metavar="IMAGE|CONTAINER|MOUNTPOINT")
+@click.argument(
+    "source", metavar="IMAGE|CONTAINER|MOUNTPOINT", shell_complete=complete_objects_or_paths
+)
 @click.argument("path", required=False, default="/")
 @click.option(
     "--show-hidden", is_flag=True, help="Also show what whiteouts and opaque directories hide."

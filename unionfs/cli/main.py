@@ -9,13 +9,24 @@ mount.fuse3).
 """
 
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
 import click
 
 from unionfs import __version__
-from unionfs.cli import containers, events, images, inspect, mount
+from unionfs.cli import (
+    analyze,
+    browse,
+    complete,
+    containers,
+    events,
+    images,
+    inspect,
+    mount,
+    registry,
+)
 from unionfs.errors import EXIT_USAGE, UnionfsError
 
 log = logging.getLogger(__name__)
@@ -34,8 +45,10 @@ def cli(root: str | None) -> None:
     """Mount container image layers as one filesystem, and keep images and containers."""
 
 
-for _module in (images, containers, mount, inspect, events):
+for _module in (images, containers, mount, inspect, events, analyze, browse):
     _module.register(cli)
+registry.register(cli)
+complete.register(cli)
 
 
 def _rewrite_bare_mount(argv: list[str]) -> list[str]:
@@ -48,6 +61,50 @@ def _rewrite_bare_mount(argv: list[str]) -> list[str]:
     return argv
 
 
+def _command_path(args: list[str]) -> str:
+    """``unionfs image ls`` for ``--root X image ls -q``: the command the
+    arguments name, as far as they name one (for "see ... --help")."""
+    words = ["unionfs"]
+    command: click.Command = cli
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--root":
+            skip = len(words) == 1
+            continue
+        if arg.startswith("-"):
+            continue
+        if not isinstance(command, click.Group) or arg not in command.commands:
+            break
+        command = command.commands[arg]
+        words.append(arg)
+    return " ".join(words)
+
+
+def usage_line(message: str, command_path: str) -> str:
+    """A usage error in unionfs's voice: lower case, no full stops, sentences
+    joined by ``;``, and where to look (``unionfs: error: no such option '-q';
+    see 'unionfs images --help'``)."""
+    text = " ".join(message.split())
+    sentences = [t for t in re.split(r"(?<=[.?!])\s+(?=[A-Z])", text) if t]
+    out = [_lower_first(t.rstrip(".")) for t in sentences]
+    return f"unionfs: error: {'; '.join(out)}; see '{command_path} --help'"
+
+
+def _lower_first(text: str) -> str:
+    """``No such option`` -> ``no such option``; ``IMAGE`` and ``OSError`` stay."""
+    if len(text) > 1 and text[0].isupper() and not text[1].isupper():
+        return text[0].lower() + text[1:]
+    return text
+
+
+def error_line(message: str) -> str:
+    """An error in unionfs's voice: one line, starting in lower case."""
+    return f"unionfs: error: {_lower_first(' '.join(message.split()).rstrip('.'))}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _rewrite_bare_mount(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -57,16 +114,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.Abort:
-        click.echo("unionfs: aborted", err=True)
+        click.echo("unionfs: error: aborted", err=True)
         return 1
+    except click.exceptions.NoArgsIsHelpError as e:  # `unionfs`, `unionfs image`: the help
+        click.echo(e.format_message(), err=True)
+        return EXIT_USAGE
     except click.UsageError as e:
-        click.echo(f"unionfs: error: {e.format_message()}", err=True)
+        path = e.ctx.command_path if e.ctx else _command_path(args)
+        click.echo(usage_line(e.format_message(), path), err=True)
         return EXIT_USAGE
     except click.ClickException as e:
-        click.echo(f"unionfs: error: {e.format_message()}", err=True)
+        click.echo(error_line(e.format_message()), err=True)
         return e.exit_code
     except UnionfsError as e:
-        click.echo(f"unionfs: error: {e.message}", err=True)
+        if e.exit_code == EXIT_USAGE:
+            click.echo(usage_line(e.message, _command_path(args)), err=True)
+        else:
+            click.echo(f"unionfs: error: {e.message}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -1,5 +1,8 @@
 """``unionfs mount`` and ``unionfs umount``: layer dirs, or a store's container or image.
 
+``umount --all`` unmounts every unionfs mount the caller may unmount;
+``unionfs mounts`` (`unionfs.cli.mounts`) lists them.
+
 The options are parsed into a `unionfs.fuse.options.MountConfig` (both the
 ``--lower`` form and fuse-overlayfs's ``-o lowerdir=`` form); the daemon in
 `unionfs.fuse.daemon` does the mounting.
@@ -9,14 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from unionfs.cli import mounts
 from unionfs.cli.common import get_store
 from unionfs.errors import UnionfsError, UsageError
-from unionfs.fuse import daemon
+from unionfs.fuse import daemon, mounttab
 from unionfs.fuse.options import MountConfig, build_config
 from unionfs.store.mounted import mount_source
 from unionfs.store.store import Store
@@ -58,7 +63,8 @@ from unionfs.store.store import Store
 @click.option(
     "--log-file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where the background daemon logs (default: syslog).",
+    help="Where the background daemon logs (default: syslog, else the journal, else a "
+    "file beside the mount's state file; `unionfs mounts` says which).",
 )
 @click.option(
     "--cache-timeout",
@@ -120,10 +126,42 @@ def mount_cmd(
 
 @click.command("umount")
 @click.option("-l", "--lazy", is_flag=True, help="Detach now, clean up when no longer busy.")
-@click.argument("mountpoint", type=click.Path(path_type=Path))
-def umount_cmd(mountpoint: Path, lazy: bool) -> None:
-    """Unmount a unionfs mount."""
-    daemon.umount(mountpoint, lazy=lazy)
+@click.option("-a", "--all", "every", is_flag=True, help="Every unionfs mount you may unmount.")
+@click.argument("mountpoint", type=click.Path(path_type=Path), required=False)
+def umount_cmd(mountpoint: Path | None, lazy: bool, every: bool) -> None:
+    """Unmount a unionfs mount (or, with --all, every one you may unmount).
+
+    With --all, a mount that cannot be unmounted (busy) is reported and the
+    others are still unmounted; the exit status is then 1.
+    """
+    if every:
+        if mountpoint is not None:
+            raise UsageError("give a MOUNTPOINT or --all, not both")
+        _umount_all(lazy=lazy)
+    elif mountpoint is None:
+        raise UsageError("give the MOUNTPOINT to unmount, or --all")
+    else:
+        daemon.umount(mountpoint, lazy=lazy)
+
+
+def _umount_all(*, lazy: bool) -> None:
+    """Unmount every unionfs mount the caller owns (all for root), newest first
+    (so that a mount inside another goes before it)."""
+    uid = os.geteuid()
+    entries = [m for m in mounttab.unionfs_mounts() if uid in (0, m.fuse_owner)]
+    failed = []
+    for entry in sorted(entries, key=lambda m: m.mount_id, reverse=True):
+        try:
+            daemon.umount(Path(entry.mountpoint), lazy=lazy)
+        except UnionfsError as e:
+            click.echo(f"unionfs: error: {e.message}", err=True)
+            failed.append(entry.mountpoint)
+        else:
+            click.echo(entry.mountpoint)
+    if failed:
+        raise UnionfsError(
+            f"{len(failed)} of {len(entries)} mounts not unmounted: {', '.join(failed)}"
+        )
 
 
 def store_mount_config(
@@ -175,6 +213,7 @@ def _log_to_stderr(debug: bool) -> None:
 
 
 def register(cli: click.Group) -> None:
-    """Add ``mount`` and ``umount`` to `cli`."""
+    """Add ``mount``, ``umount`` and ``mounts`` to `cli`."""
     cli.add_command(mount_cmd)
     cli.add_command(umount_cmd)
+    cli.add_command(mounts.mounts_cmd)

@@ -1,12 +1,21 @@
 """Mount lifecycle: check the inputs, mount, serve requests, unmount.
 
 `mount` returns once the kernel mount is live. In the background form the
-process forks first; the child mounts, reports ``ok`` or one error line through
-a pipe, then detaches from the terminal and serves until the filesystem is
+process forks first; the child makes every path absolute, leaves the caller's
+working directory for ``/`` (a daemon must not keep a directory, or the
+filesystem under it, busy), mounts, reports ``ok`` or one error line through a
+pipe, then detaches from the terminal and serves until the filesystem is
 unmounted or it gets SIGINT/SIGTERM/SIGHUP (which unmount cleanly).
+
+The background daemon logs to ``--log-file`` if given, else to syslog
+(``/dev/log``), else to the journal's syslog socket, else to a file beside its
+state file (`runstate.log_file_path`); the state file says which. That last
+file is removed at a clean end when it holds nothing at WARNING or above, and
+kept otherwise (a killed daemon's, too).
 """
 
 import contextlib
+import dataclasses
 import faulthandler
 import logging
 import logging.handlers
@@ -32,11 +41,13 @@ from unionfs.fuse import runstate
 from unionfs.fuse.control import ControlServer
 from unionfs.fuse.mounttab import FSTYPE, find_mount
 from unionfs.fuse.ops import Operations
-from unionfs.fuse.options import MountConfig
+from unionfs.fuse.options import MountConfig, check_overlaps, exec_flags
 
 log = logging.getLogger(__name__)
 
 SUBTYPE = "unionfs"
+#: journald's syslog socket (``/dev/log`` links to it where journald runs).
+JOURNAL_SYSLOG = "/run/systemd/journal/dev-log"
 
 
 # -- checks -------------------------------------------------------------------
@@ -66,9 +77,7 @@ def check_inputs(config: MountConfig) -> None:
             raise UnionfsError(
                 f"work dir {config.work} is not on the filesystem of upper dir {config.upper}"
             )
-        up, wk = config.upper.resolve(), config.work.resolve()
-        if up == wk or up in wk.parents or wk in up.parents:
-            raise UnionfsError("the upper dir and the work dir must not contain each other")
+    check_overlaps(config)
     _check_dir(config.mountpoint, "mount point")
     existing = find_mount(config.mountpoint)
     if existing is not None:
@@ -92,11 +101,12 @@ def fuse_options(config: MountConfig) -> set[str]:
     opts = {f"subtype={SUBTYPE}", "default_permissions"}
     if not any(o.startswith("fsname=") for o in config.fuse_options):
         opts.add("fsname=unionfs")
-    if os.geteuid() == 0:
-        # A container root filesystem: other users, setuid programs and
-        # device nodes must work inside it.
-        opts |= {"allow_other", "suid", "dev"}
     opts |= config.fuse_options
+    if os.geteuid() == 0:
+        # Other users must reach a container's root filesystem; setuid programs and
+        # device nodes work in writable mounts only, unless -o asks (`exec_flags`).
+        # (fusermount3 makes a normal user's mounts nosuid,nodev whatever is asked.)
+        opts |= {"allow_other", *exec_flags(config)}
     if config.writable:
         opts.discard("ro")
     else:
@@ -181,8 +191,11 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> None:
-    """Mount `config`, call `ready()` once the mount is live, serve until unmounted."""
+def serve(
+    config: MountConfig, *, debug: bool, ready: Callable[[], None], log_target: str | None = None
+) -> None:
+    """Mount `config`, call `ready()` once the mount is live, serve until unmounted.
+    `log_target` (where the logs go) is published in the mount's state."""
     layers = _open_layers(config)
     upper = None
     if config.work is not None:
@@ -195,9 +208,9 @@ def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> Non
                 f"cannot use {config.upper} and {config.work}: {e.strerror}"
             ) from None
         os.umask(0)  # modes arrive with the caller's umask already applied
-    fs = UnionFS(layers, upper=upper)
+    fs = UnionFS(layers, upper=upper, redirect_dir=config.redirect_dir)
     try:
-        ops = Operations(fs, debug=debug, cache_timeout=config.cache_timeout)
+        ops = Operations(fs, debug=debug, cache_timeout=config.cache_timeout, acl=config.acl)
         mountpoint = os.path.realpath(config.mountpoint)
         with _capture_stderr() as libfuse_said:
             try:
@@ -214,6 +227,7 @@ def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> Non
             upper=os.path.abspath(config.upper) if config.upper is not None else None,
             work=os.path.abspath(config.work) if config.work is not None else None,
             control=runstate.control_socket_path(mountpoint),
+            log=log_target,
         )
         control = None
         try:
@@ -239,21 +253,102 @@ def serve(config: MountConfig, *, debug: bool, ready: Callable[[], None]) -> Non
             la.close()
 
 
-def _setup_daemon_logging(log_file: Path | None, debug: bool) -> None:
+def _private_log_file(path: Path) -> logging.Handler:
+    """A handler appending to `path`, made mode 0600 if new."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s unionfs[%(process)d] %(name)s %(levelname)s %(message)s")
+    )
+    return handler
+
+
+def _syslog(address: str) -> logging.Handler | None:
+    """A handler for the syslog socket at `address`, or None if nobody listens."""
+    if not os.path.exists(address):
+        return None
+    try:
+        handler = logging.handlers.SysLogHandler(address=address)
+    except OSError:
+        return None
+    handler.setFormatter(logging.Formatter("unionfs[%(process)d]: %(levelname)s %(message)s"))
+    return handler
+
+
+class _Worrying(logging.Handler):
+    """Remembers whether anything at WARNING or above was logged; `end` removes
+    the log file `path` (if any) when nothing was."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__(logging.WARNING)
+        self.path = path
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = True
+
+    def end(self) -> None:
+        if self.path is not None and not self.seen:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+def _setup_daemon_logging(
+    log_file: Path | None, mountpoint: str, debug: bool
+) -> tuple[str, Callable[[], None]]:
+    """Send the daemon's logs where they can be read; returns where (for the
+    state file: `log_file`, syslog, the journal, or a file beside the state
+    file; never nowhere, a daemon whose logs vanish cannot be diagnosed), and
+    what to call after a clean end: it removes the file beside the state file
+    unless something worth reading (a warning or worse) went into it."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler: logging.Handler
+    handler: logging.Handler | None = None
+    target = ""
     if log_file is not None:
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    elif os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-        handler.setFormatter(logging.Formatter("unionfs[%(process)d]: %(levelname)s %(message)s"))
+        handler, target = _private_log_file(log_file), str(log_file)
     else:
-        handler = logging.NullHandler()
+        for address, name in (("/dev/log", "syslog"), (JOURNAL_SYSLOG, "journal")):
+            handler = _syslog(address)
+            if handler is not None:
+                target = f"{name} ({address})"
+                break
+    if handler is None:
+        handler, target, discard = _beside_the_state(mountpoint)
+        root.addHandler(discard)
+    else:
+        discard = _Worrying()  # nothing to discard
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    return target, discard.end
+
+
+def _beside_the_state(mountpoint: str) -> tuple[logging.Handler, str, _Worrying]:
+    """The log file beside the mount's state file, where it is, and the watch
+    that removes it at a clean end if nothing worth reading went in."""
+    try:
+        runstate.make_state_dir()
+        path = runstate.log_file_path(mountpoint)
+        handler = _private_log_file(path)
+    except OSError as e:
+        raise UnionfsError(
+            f"no syslog (/dev/log) and no log file possible in {runstate.run_dir()}: "
+            f"{e.strerror or e}; give --log-file FILE"
+        ) from None
+    return handler, str(path), _Worrying(path)
+
+
+def _absolute(config: MountConfig) -> MountConfig:
+    """`config` with every path absolute, to survive leaving the working directory."""
+    return dataclasses.replace(
+        config,
+        lowers=tuple(Path(os.path.abspath(p)) for p in config.lowers),
+        mountpoint=Path(os.path.abspath(config.mountpoint)),
+        upper=Path(os.path.abspath(config.upper)) if config.upper is not None else None,
+        work=Path(os.path.abspath(config.work)) if config.work is not None else None,
+    )
 
 
 def _detach_stdio() -> None:
@@ -268,9 +363,12 @@ def mount(config: MountConfig, *, foreground: bool, debug: bool, log_file: Path 
     check_inputs(config)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     if foreground:
-        serve(config, debug=debug, ready=lambda: None)
+        serve(config, debug=debug, ready=lambda: None, log_target="stderr")
         return
 
+    config = _absolute(config)
+    if log_file is not None:
+        log_file = Path(os.path.abspath(log_file))
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -278,6 +376,7 @@ def mount(config: MountConfig, *, foreground: bool, debug: bool, log_file: Path 
     if pid == 0:  # the daemon
         os.close(read_end)
         os.setsid()
+        os.chdir("/")
         status = 0
 
         def ready() -> None:
@@ -286,8 +385,14 @@ def mount(config: MountConfig, *, foreground: bool, debug: bool, log_file: Path 
             _detach_stdio()
 
         try:
-            _setup_daemon_logging(log_file, debug)
-            serve(config, debug=debug, ready=ready)
+            # Resolved before the mount: the daemon cannot look into its own
+            # mount point before it serves requests.
+            target, discard = _setup_daemon_logging(
+                log_file, os.path.realpath(config.mountpoint), debug
+            )
+            serve(config, debug=debug, ready=ready, log_target=target)
+            logging.shutdown()
+            discard()
         except UnionfsError as e:
             os.write(write_end, b"error " + e.message.encode(errors="replace"))
             status = 1
@@ -330,3 +435,5 @@ def umount(mountpoint: Path, *, lazy: bool = False) -> None:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         detail = lines[-1] if lines else f"{cmd[0]} exited with {proc.returncode}"
         raise UnionfsError(f"cannot unmount {mountpoint}: {detail}")
+    if runstate.withdraw_stale(entry.mountpoint):
+        log.info("removed the state left by the killed daemon of %s", entry.mountpoint)

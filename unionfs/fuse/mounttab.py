@@ -19,6 +19,19 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    super_options: str = ""  # the filesystem's own options (FUSE: user_id=, group_id=, ...)
+    mount_id: int = 0
+
+    @property
+    def fuse_owner(self) -> int | None:
+        """The uid that mounted this FUSE filesystem (``user_id=``), or None."""
+        for opt in self.super_options.split(","):
+            if opt.startswith("user_id="):
+                try:
+                    return int(opt[len("user_id=") :])
+                except ValueError:
+                    return None
+        return None
 
 
 def _unescape_mountinfo(field: str) -> str:
@@ -36,7 +49,11 @@ def mounts() -> list[MountEntry]:
                 continue
             entries.append(
                 MountEntry(
-                    _unescape_mountinfo(fields[4]), rfields[0], _unescape_mountinfo(rfields[1])
+                    _unescape_mountinfo(fields[4]),
+                    rfields[0],
+                    _unescape_mountinfo(rfields[1]),
+                    rfields[2] if len(rfields) > 2 else "",
+                    int(fields[0]) if fields[0].isdigit() else 0,
                 )
             )
     return entries
@@ -50,3 +67,8 @@ def find_mount(path: Path) -> MountEntry | None:
         if entry.mountpoint == target:
             found = entry
     return found
+
+
+def unionfs_mounts() -> list[MountEntry]:
+    """Every unionfs mount of this namespace, in mount order."""
+    return [m for m in mounts() if m.fstype == FSTYPE]

@@ -1,13 +1,16 @@
 """What a live mount tells other commands: a small JSON file per mount.
 
 The daemon writes it once the mount is live and removes it when it ends;
-`unionfs explain PATH`, `tree MOUNTPOINT`, `events` and `stats` read it to
-find a mount's layers and its control socket. A file whose daemon is gone
-(kill -9) is recognised by its pid and ignored.
+`unionfs explain PATH`, `tree MOUNTPOINT`, `events`, `stats` and `mounts`
+read it to find a mount's layers, its control socket and where its daemon
+logs. A file whose daemon is gone (kill -9) is recognised by its pid and
+ignored (`mounts` lists it as stale).
 
 Where: ``/run/unionfs/mounts`` for root, ``$XDG_RUNTIME_DIR/unionfs/mounts``
 (or ``/tmp/unionfs-<uid>/mounts``) for others; the name is a hash of the
-mount point's real path.
+mount point's real path: ``<hash>.json`` the state, ``<hash>.sock`` the
+control socket, ``<hash>.log`` the daemon's log when it has no syslog
+(kept after the mount ends when there is something to read in it).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import hashlib
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from unionfs.errors import UnionfsError
+from unionfs.fuse.mounttab import unionfs_mounts
 
 
 def run_dir() -> Path:
@@ -52,6 +56,7 @@ class MountState:
     upper: str | None
     work: str | None
     control: str  # path of the daemon's control socket
+    log: str | None = None  # where the daemon logs: a file's path, or "syslog ..."/"journal ..."
 
     @property
     def state_path(self) -> Path:
@@ -65,6 +70,21 @@ class MountState:
 
 def control_socket_path(real_mountpoint: str) -> str:
     return str(_state_dir() / f"{_key(real_mountpoint)}.sock")
+
+
+def log_file_path(real_mountpoint: str) -> Path:
+    """Where the daemon of `real_mountpoint` logs when there is no syslog."""
+    return _state_dir() / f"{_key(real_mountpoint)}.log"
+
+
+def make_state_dir() -> Path:
+    """The directory of the state files, made private if it is not there yet."""
+    base = run_dir()
+    base.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(base)
+    d = _state_dir()
+    _private_dir(d)
+    return d
 
 
 def _private_dir(path: Path) -> None:
@@ -82,11 +102,7 @@ def _private_dir(path: Path) -> None:
 
 def publish(state: MountState) -> None:
     """Write the state file of a mount that just became live (mode 0600)."""
-    base = run_dir()
-    base.parent.mkdir(parents=True, exist_ok=True)
-    _private_dir(base)
-    d = _state_dir()
-    _private_dir(d)
+    d = make_state_dir()
     tmp = d / f".{_key(state.mountpoint)}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -103,15 +119,36 @@ def withdraw(state: MountState) -> None:
         os.unlink(state.control)
 
 
+def withdraw_stale(mountpoint: str | os.PathLike[str]) -> bool:
+    """Remove the state file and socket left at `mountpoint` by a daemon that is
+    gone (killed); True if there was one. The log file stays."""
+    path = _state_dir() / f"{_key(os.path.realpath(mountpoint))}.json"
+    try:
+        state = _state_from(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return False
+    if state is None or pid_alive(state.pid):
+        return False
+    withdraw(state)
+    return True
+
+
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (ours or another user's)."""
+    """Whether process `pid` is running (ours or another user's); a zombie, dead
+    but not yet reaped by its parent, is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            status = f.read()
+    except OSError:
+        return True  # no /proc: kill(0) has the last word
+    # "pid (comm) state ...": the name may hold spaces and parentheses.
+    return not status[status.rfind(b")") + 2 :].startswith((b"Z", b"X"))
 
 
 def read_state(mountpoint: str | os.PathLike[str]) -> MountState | None:
@@ -123,8 +160,60 @@ def read_state(mountpoint: str | os.PathLike[str]) -> MountState | None:
         return None
     except (OSError, ValueError) as e:
         raise UnionfsError(f"{path}: unreadable mount state: {e}") from None
-    state = MountState(**data)
+    state = _state_from(data)
+    if state is None:
+        raise UnionfsError(f"{path}: unreadable mount state")
     return state if pid_alive(state.pid) else None
+
+
+_FIELDS = {f.name for f in fields(MountState)}
+
+
+def _state_from(data: object) -> MountState | None:
+    """The state in a file's JSON; fields a newer daemon added are ignored."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        return MountState(**{k: v for k, v in data.items() if k in _FIELDS})
+    except TypeError:
+        return None
+
+
+def _state_dirs() -> list[Path]:
+    """The state dirs this user may read: its own; for root also every user's."""
+    dirs = [_state_dir()]
+    if os.geteuid() == 0:
+        dirs += sorted(Path("/run/user").glob("*/unionfs/mounts"))
+        dirs += sorted(Path("/tmp").glob("unionfs-*/mounts"))  # noqa: S108 (see run_dir)
+    return dirs
+
+
+def all_states() -> list[tuple[Path, MountState]]:
+    """Every readable state file and its state, live or stale (whose daemon is
+    gone); unreadable or foreign ones are skipped. A state dir not owned by
+    the user it belongs to (or root) is not trusted."""
+    found = []
+    for d in _state_dirs():
+        try:
+            st = d.parent.lstat()
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        for name in names:
+            if name.startswith(".") or not name.endswith(".json"):
+                continue
+            path = d / name
+            try:
+                if path.lstat().st_uid not in (st.st_uid, 0):
+                    continue
+                state = _state_from(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+            if state is not None:
+                found.append((path, state))
+    return found
 
 
 def find_mount_of(path: str | os.PathLike[str]) -> tuple[MountState, str] | None:
@@ -145,3 +234,87 @@ def find_mount_of(path: str | os.PathLike[str]) -> tuple[MountState, str] | None
         if parent == probe:
             return None
         probe = parent
+
+
+# -- every mount at once (`unionfs mounts`) ----------------------------------------
+
+LIVE = "live"
+DAEMON_GONE = "daemon gone"
+STALE = "stale state file"
+ELSEWHERE = "not in this mount namespace"
+NO_STATE = "no state file"
+
+
+@dataclass(frozen=True)
+class MountReport:
+    """One unionfs mount, or one state file without its mount, as `mounts` lists it.
+
+    `state` is LIVE (mounted, daemon running), DAEMON_GONE (still in the mount
+    table, its daemon dead: every access fails with ENOTCONN until unmounted),
+    STALE (a state file whose daemon is gone and mount is not there),
+    ELSEWHERE (a running daemon whose mount this namespace does not show), or
+    NO_STATE (mounted, but no state file this user can read: another user's
+    mount, or a daemon that could not publish its state).
+    Fields the state file would give are None without one (another user's
+    mount, seen by a normal user)."""
+
+    mountpoint: str
+    source: str | None
+    state: str
+    pid: int | None
+    lowers: list[str] | None
+    upper: str | None
+    work: str | None
+    log: str | None
+    state_file: str | None
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def survey() -> list[MountReport]:
+    """Every unionfs mount of this namespace (mount order) with what its state
+    file says, then the state files that match no mount here. A state file is
+    matched only to a mount made by the user who owns the file (``user_id=``):
+    another user's file cannot pass for the state of root's mount."""
+    states: dict[tuple[str, int], tuple[Path, MountState]] = {}
+    for path, state in all_states():
+        try:
+            key = (state.mountpoint, path.stat().st_uid)
+        except OSError:
+            continue
+        known = states.get(key)
+        if known is None or (pid_alive(state.pid) and not pid_alive(known[1].pid)):
+            states[key] = (path, state)
+    reports = []
+    for entry in unionfs_mounts():
+        owner = entry.fuse_owner
+        found = states.pop((entry.mountpoint, owner if owner is not None else -1), None)
+        if found is None:
+            reports.append(
+                MountReport(
+                    entry.mountpoint, entry.source, NO_STATE, None, None, None, None, None, None
+                )
+            )
+            continue
+        path, state = found
+        alive = pid_alive(state.pid)
+        reports.append(_report(path, state, entry.source, LIVE if alive else DAEMON_GONE))
+    for path, state in states.values():
+        alive = pid_alive(state.pid)
+        reports.append(_report(path, state, None, ELSEWHERE if alive else STALE))
+    return reports
+
+
+def _report(path: Path, state: MountState, source: str | None, what: str) -> MountReport:
+    return MountReport(
+        mountpoint=state.mountpoint,
+        source=source,
+        state=what,
+        pid=state.pid,
+        lowers=list(state.lowers),
+        upper=state.upper,
+        work=state.work,
+        log=state.log,
+        state_file=str(path),
+    )
