@@ -13,6 +13,7 @@ layers as snapshots, image records, containers)::
     tags.json                    NAME:TAG -> image ID
     containers/<id>/             container.json, upper/, work/
     tmp/                         staging: everything is built here, then renamed into place
+    tmp/lease-<random>/          what a command in flight will use (kept from collection)
 
 Every change is built in ``tmp/`` and renamed into place while holding the
 store lock, so a reader sees an object whole or not at all (`unionfs.store.base`).
@@ -28,6 +29,7 @@ computed from the records, so there are no counts to get wrong.
 - `unionfs.store.containers`: creating, finding and removing containers
 - `unionfs.store.commit`: a container's changes as a new image
 - `unionfs.store.gc`: deleting what nothing uses
+- `unionfs.store.leases`: what commands in flight use, which collection keeps
 
 The records themselves are in `unionfs.store.records`, the file helpers in
 `unionfs.store.files`, and how store mounts show in the mount table in
