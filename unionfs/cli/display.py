@@ -1,5 +1,6 @@
 """How the store's commands print: docker-like tables, sizes and ages, JSON."""
 
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -7,6 +8,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 
 def human_size(n: float) -> str:
@@ -101,3 +104,22 @@ def iter_json(data: Any, indent: int = 2) -> Iterator[str]:
             key, item = item
             yield json.dumps(str(key)) + ": "
         pending.append(item)
+
+
+@contextlib.contextmanager
+def transfer_progress() -> Iterator[Progress | None]:
+    """Transfer bars (size, bytes done, rate) on stderr while it is a terminal;
+    None otherwise, where the commands print plain lines instead."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with progress:
+        yield progress

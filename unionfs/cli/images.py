@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from unionfs.cli import display
 from unionfs.cli import format as format_
@@ -40,18 +38,7 @@ class _ImportPrinter:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[_ImportPrinter]:
-        if sys.stderr.isatty():
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            with self._progress:
-                yield self
-        else:
+        with display.transfer_progress() as self._progress:
             yield self
 
     def layer_start(self, index: int, count: int, diff_id: str, size: int | None) -> None:

@@ -16,14 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    DownloadColumn,
     Progress,
     TaskID,
-    TextColumn,
-    TransferSpeedColumn,
 )
 
 from unionfs.cli import display
@@ -53,18 +48,7 @@ class _Bars:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[_Bars]:
-        if sys.stderr.isatty():
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            with self._progress:
-                yield self
-        else:
+        with display.transfer_progress() as self._progress:
             yield self
 
     def echo(self, text: str, err: bool = True) -> None:
