@@ -20,7 +20,7 @@ from tests.store.test_store import APP, BASE, UPDATE
 from tests.support import oci
 from tests.support.cli import run_unionfs
 from tests.support.kernel import TmpMounts, is_mountpoint
-from unionfs.cli.browse import BrowseApp
+from unionfs.cli.browse_app import BrowseApp
 from unionfs.image.refs import parse_reference
 from unionfs.inspect.layertree import MarkedEntry
 from unionfs.inspect.stack import Stack, image_stack
