@@ -6,7 +6,9 @@ Builds an image of `--layers` gzip layers holding `--files` files and `--size`
 bytes in all (incompressible content, so gzip costs what it would), puts it in a
 ``docker-registry`` on 127.0.0.1 (plain HTTP), then times each way of getting it
 into a local store, each into a fresh store, `--runs` times (the median is
-printed). Needs root (podman's storage), docker-registry, podman, skopeo.
+printed, with the CPU seconds, user and system, of the commands: on a shared
+machine the wall-clock time depends on the load, printed too). Needs root
+(podman's storage), docker-registry, podman, skopeo.
 
     sudo .venv/bin/python scripts/bench_pull.py                       # 1 GiB, 60k files
     sudo .venv/bin/python scripts/bench_pull.py --size 256M --files 15000 --runs 1
@@ -20,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -113,10 +116,16 @@ def build_layout(dest: Path, layers: int, files: int, size: int) -> Path:
     return dest
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of `cmd`."""
+    start, cpu = time.perf_counter(), _cpu()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu() - cpu
 
 
 def drop_caches() -> None:
@@ -153,13 +162,15 @@ def main() -> int:
                 check=True,
                 capture_output=True,
             )
-            results: dict[str, list[float]] = {
+            results: dict[str, list[tuple[float, float]]] = {
                 "unionfs pull": [],
                 "podman pull": [],
                 "skopeo copy + unionfs image import": [],
             }
+            loads: list[float] = []
             for run in range(args.runs):
                 d = work / f"run{run}"
+                loads.append(os.getloadavg()[0])
                 drop_caches()
                 results["unionfs pull"].append(
                     timed(
@@ -195,7 +206,7 @@ def main() -> int:
                     check=False,
                 )
                 drop_caches()
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), _cpu()
                 subprocess.run(
                     [
                         "skopeo",
@@ -220,18 +231,24 @@ def main() -> int:
                     check=True,
                     capture_output=True,
                 )
-                results["skopeo copy + unionfs image import"].append(time.perf_counter() - start)
+                results["skopeo copy + unionfs image import"].append(
+                    (time.perf_counter() - start, _cpu() - cpu)
+                )
                 shutil.rmtree(d, ignore_errors=True)
         print(
             f"\nimage: {args.layers} layers, {args.files} files, {size >> 20} MiB of files, "
-            f"{blob_bytes >> 20} MiB of gzip blobs; {args.runs} run(s), median seconds\n"
+            f"{blob_bytes >> 20} MiB of gzip blobs; {args.runs} run(s), median seconds; "
+            f"{os.cpu_count()} CPUs, load average (1 min) before each run: "
+            + ", ".join(f"{x:.1f}" for x in loads)
+            + "\n"
         )
-        print(f"| {'way':<36} | {'seconds':>8} | {'MiB/s (blobs)':>13} |")
-        print(f"|{'-' * 38}|{'-' * 10}|{'-' * 15}|")
+        print(f"| {'way':<36} | {'seconds':>8} | {'MiB/s (blobs)':>13} | {'CPU seconds':>11} |")
+        print(f"|{'-' * 38}|{'-' * 10}|{'-' * 15}|{'-' * 13}|")
         for way, times in results.items():
-            t = statistics.median(times)
-            print(f"| {way:<36} | {t:8.1f} | {blob_bytes / t / (1 << 20):13.1f} |")
-        print(json.dumps({k: v for k, v in results.items()}))
+            t = statistics.median(w for w, _ in times)
+            c = statistics.median(c for _, c in times)
+            print(f"| {way:<36} | {t:8.1f} | {blob_bytes / t / (1 << 20):13.1f} | {c:11.1f} |")
+        print(json.dumps({k: [round(w, 2) for w, _ in v] for k, v in results.items()}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

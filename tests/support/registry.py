@@ -10,6 +10,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -321,10 +322,22 @@ def run_registry(
 
 class CuttingProxy:
     """A TCP proxy to `target` that closes the first connection serving a blob
-    after `cut_after` bytes of the answer, once; every other byte passes."""
+    after `cut_after` bytes of the answer, once; every other byte passes.
 
-    def __init__(self, target: tuple[str, int], cut_after: int) -> None:
+    With `ignore_range`, requests reach the registry without their ``Range``
+    header (as from a registry that ignores it). With `corrupt`, the cut is
+    replaced by flipping the byte there (a blob that does not match its digest)."""
+
+    def __init__(
+        self,
+        target: tuple[str, int],
+        cut_after: int,
+        *,
+        ignore_range: bool = False,
+        corrupt: bool = False,
+    ) -> None:
         self.target, self.cut_after = target, cut_after
+        self.ignore_range, self.corrupt = ignore_range, corrupt
         self.cuts = 0
         self._lock = threading.Lock()
         self._sock = socket.socket()
@@ -351,6 +364,8 @@ class CuttingProxy:
                 while data := client.recv(65536):
                     if b"GET /v2/" in data and b"/blobs/sha256:" in data:
                         state["blob"] = True
+                    if self.ignore_range:  # the same length: "X-Nope: bytes=N-"
+                        data = re.sub(rb"(?im)^range:", b"X-Nope:", data)
                     upstream.sendall(data)
             with contextlib.suppress(OSError):
                 upstream.shutdown(socket.SHUT_WR)
@@ -363,7 +378,10 @@ class CuttingProxy:
                     cut = state["blob"] and self.cuts == 0 and sent + len(data) > self.cut_after
                     if cut:
                         self.cuts += 1
-                if cut:
+                if cut and self.corrupt:
+                    at = max(0, self.cut_after - sent)
+                    data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+                elif cut:
                     client.sendall(data[: max(0, self.cut_after - sent)])
                     break
                 client.sendall(data)

@@ -3,6 +3,8 @@
 A layer is unpacked from its blob (`unionfs.image.unpack`) in a staging dir,
 checked against its digest and diff_id, and renamed into place with its
 ``layer.json``; its blob is kept in the content store for export and commit.
+The blob is read once: copied to its staging file in the pass that hashes and
+unpacks it, so a blob that streams from a registry is never read twice.
 ``layers/<hex>.lock`` lets one process unpack a layer while another importing
 the same layer waits, then finds it in place. What an import reports as it
 goes is an `ImportReport`.
@@ -14,7 +16,7 @@ import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from unionfs.errors import UnionfsError
 from unionfs.image.decompress import detect_compression
@@ -115,8 +117,8 @@ class LayersMixin(StoreBase):
             with self.staging("layer") as stage:
                 blob_tmp = stage / "blob"
                 with layer.open() as raw, open(blob_tmp, "wb") as copy:
-                    reader = HashingReader(raw, copy)
                     if have_layer:
+                        reader = HashingReader(raw, copy)
                         reader.drain()  # only the blob is missing (another compression)
                         digest = reader.digest
                         diff_id_ok = True
@@ -124,7 +126,7 @@ class LayersMixin(StoreBase):
                     else:
                         (stage / "layer" / "diff").mkdir(parents=True)
                         result = unpack_layer(
-                            reader,
+                            _Copying(raw, copy),  # it hashes what it reads
                             stage / "layer" / "diff",
                             expected_digest=layer.digest,
                             expected_diff_id=layer.diff_id,
@@ -178,6 +180,21 @@ class LayersMixin(StoreBase):
         with open(blob, "rb") as f:
             head = f.read(8)
         return OCI_LAYER + LAYER_SUFFIX[detect(head)]
+
+
+class _Copying:
+    """A read-only stream that copies what is read through it to `copy`: the
+    blob is written to its staging file in the pass that unpacks it."""
+
+    def __init__(self, src: BinaryIO, copy: BinaryIO) -> None:
+        self._src = src
+        self._copy = copy
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._src.read(n)
+        if data:
+            self._copy.write(data)
+        return data
 
 
 def _lock_file(path: Path) -> int:

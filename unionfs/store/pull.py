@@ -1,13 +1,20 @@
 """``pull``: an image from a registry into the store, through the store's import.
 
 The manifest (through an index for the chosen platform) and the config are
-fetched and verified; the layer blobs the store lacks are downloaded in
-parallel (at most `JOBS` at a time) into a staging dir of the store, each
-verified against its digest by `unionfs.image.registry.client`, while the
-layers are unpacked in order as their blobs arrive (`unionfs.store.images`'
-import, which checks digests and diff_ids again). A blob already in the store
-is not downloaded. An interrupted pull leaves nothing visible but what a whole
-layer import had finished; the staging dir goes with the process.
+fetched and verified. Then each layer the store lacks is imported by a worker
+(at most `JOBS` at a time, so one layer unpacks while others download): its
+blob streams from the registry (`unionfs.image.registry.blobs`) into the
+store's layer import, which writes it to its staging file, hashes it,
+decompresses it and unpacks it in one pass, in a staging dir of its own. The
+layer and blob are renamed into place only once the blob's digest and size
+(checked by the stream at its end) and the layer's digest and diff_id (checked
+by the import) are right; a broken connection resumes with a ``Range`` request.
+A blob already in the store is not downloaded: its layer is unpacked from it
+if need be. An interrupted pull leaves nothing visible but whole layers (each
+with its blob), which the next pull finds in place; staging dirs go with the
+process. Layers are reported in order as they finish, then the import proper
+(`unionfs.store.images`) finds every layer in place, checks the config and
+diff_ids again and writes the image record and tag.
 
 The image keeps the manifest bytes the registry served, so its manifest digest is
 the registry's (``RepoDigests``) and a push sends the same manifest back.
@@ -16,16 +23,18 @@ the registry's (``RepoDigests``) and a push sends the same manifest back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from unionfs.errors import UnionfsError
+from unionfs.image.registry.blobs import BlobStream
 from unionfs.image.registry.client import RegistryClient
 from unionfs.image.registry.manifests import (
     Platform,
@@ -34,9 +43,9 @@ from unionfs.image.registry.manifests import (
 )
 from unionfs.image.registry.reference import RegistryRef
 from unionfs.image.sources import INDEX_TYPES, SourceImage, SourceLayer
-from unionfs.store.layers import ImportReport
-from unionfs.store.leases import holding_lease
-from unionfs.store.records import Imported, short_id
+from unionfs.store.layers import ImportReport, QuietReport
+from unionfs.store.leases import Lease, holding_lease
+from unionfs.store.records import Imported, LayerInfo, short_id
 from unionfs.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -139,39 +148,44 @@ def pull_image(
     wanted = [r] if (r := ref.store_reference()) is not None else []
     cancel = threading.Event()
     downloaded: dict[str, int] = {}
-    with (
-        holding_lease(store) as lease,
-        store.staging("pull") as stage,
-        ThreadPoolExecutor(max(1, jobs)) as pool,
-    ):
+    with holding_lease(store) as lease, ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures: dict[str, Future[_Unpacked]] = {}
         try:
-            sources: dict[str, Callable[[], Path]] = {}
-            for digest, size in blobs:
-                if digest in sources:
-                    continue
+            for (digest, size), media_type, diff_id in zip(
+                blobs, media_types, diff_ids, strict=True
+            ):
+                if digest in futures:
+                    continue  # a repeated layer: unpacked once, found in place after
                 in_store = store.blob_path(digest)
                 with store.locked():  # named before it is looked for: gc keeps it
                     lease.add(blobs=[digest])
                     present = in_store.exists()
                 report.blob_start(digest, size, present=present)
-                if present:
-                    sources[digest] = lambda p=in_store: p  # type: ignore[misc]
-                    continue
-                dest = stage / digest.removeprefix("sha256:")
-                future = pool.submit(
-                    _download, client, ref, digest, size, dest, report, cancel, downloaded
+                opener = (
+                    _local(in_store)
+                    if present
+                    else _remote(client, ref, digest, size, report, cancel, downloaded)
                 )
-                sources[digest] = future.result
+                layer = SourceLayer(digest, media_type, size, str(diff_id), opener)
+                futures[digest] = pool.submit(_unpack, store, layer, report, cancel, lease)
+                futures[digest].add_done_callback(functools.partial(_cancel_on_failure, cancel))
+            seen: set[str] = set()
+            for index, (digest, size) in enumerate(blobs):  # in order, as they finish
+                unpacked = _result(futures[digest], futures.values())
+                report.layer_start(index, len(blobs), unpacked.diff_id, size)
+                reused = unpacked.reused or digest in seen
+                report.layer_done(unpacked.diff_id, reused=reused, info=unpacked.info)
+                seen.add(digest)
+            # Every layer and blob is in place now: the import finds them there
+            # (it checks the config and diff_ids) and writes the image record.
             layers = tuple(
-                SourceLayer(digest, media_type, size, str(diff_id), _opener(sources[digest]))
+                SourceLayer(digest, media_type, size, str(diff_id), _local(store.blob_path(digest)))
                 for (digest, size), media_type, diff_id in zip(
                     blobs, media_types, diff_ids, strict=True
                 )
             )
             src = SourceImage(config, config_digest, manifest, manifest_digest, layers, ())
-            imported = store._import_image(src, wanted, report, lease)
-            for future_result in sources.values():
-                future_result()  # every download finished (a repeated layer, say)
+            imported = store._import_image(src, wanted, _Warnings(report), lease)
         except BaseException:
             cancel.set()
             pool.shutdown(wait=True, cancel_futures=True)
@@ -179,40 +193,112 @@ def pull_image(
     return Pulled(imported, ref, manifest_digest, len(downloaded), sum(downloaded.values()))
 
 
+@dataclass(frozen=True)
+class _Unpacked:
+    diff_id: str
+    reused: bool
+    info: LayerInfo
+
+
+class _Warnings(QuietReport):
+    """An import report that passes on warnings only."""
+
+    def __init__(self, report: ImportReport) -> None:
+        self._report = report
+
+    def warning(self, text: str) -> None:
+        self._report.warning(text)
+
+
+class _LayerReport(_Warnings):
+    """The report of one layer unpacked beside others: what it was, kept for
+    the report in order; the pull stops at the next step once cancelled."""
+
+    def __init__(self, report: ImportReport, cancel: threading.Event) -> None:
+        super().__init__(report)
+        self._cancel = cancel
+        self.done: _Unpacked | None = None
+
+    def layer_progress(self, done: int) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled
+
+    def layer_done(self, diff_id: str, *, reused: bool, info: LayerInfo) -> None:
+        self.done = _Unpacked(diff_id, reused, info)
+
+
+def _unpack(
+    store: Store, layer: SourceLayer, report: ImportReport, cancel: threading.Event, lease: Lease
+) -> _Unpacked:
+    """Import one layer (its blob streamed from the registry or read from the store).
+
+    A `Store` object is not shared between threads (its lock is re-entrant per
+    object): the worker opens its own on the same root, and the store lock, an
+    flock of its own open file, keeps the workers apart as it does processes."""
+    if cancel.is_set():
+        raise _Cancelled
+    layer_report = _LayerReport(report, cancel)
+    Store(store.root)._import_layer(layer, layer_report, lease)
+    assert layer_report.done is not None
+    return layer_report.done
+
+
+def _cancel_on_failure(cancel: threading.Event, future: Future[_Unpacked]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        cancel.set()
+
+
+def _result(future: Future[_Unpacked], futures: Iterable[Future[_Unpacked]]) -> _Unpacked:
+    """The future's result; when it was cancelled, the failure that cancelled it."""
+    try:
+        return future.result()
+    except _Cancelled:
+        for f in futures:
+            if f.done() and not f.cancelled():
+                e = f.exception()
+                if e is not None and not isinstance(e, _Cancelled):
+                    raise e from None
+        raise
+
+
 def _size(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _download(
+def _remote(
     client: RegistryClient,
     ref: RegistryRef,
     digest: str,
     size: int | None,
-    dest: Path,
     report: PullReport,
     cancel: threading.Event,
     downloaded: dict[str, int],
-) -> Path:
+) -> Callable[[], contextlib.AbstractContextManager[BinaryIO]]:
+    """An opener of the blob as it downloads (`unionfs.image.registry.blobs`)."""
+
     def progress(done: int) -> None:
         if cancel.is_set():
             raise _Cancelled
         report.blob_progress(digest, done)
 
-    if cancel.is_set():
-        raise _Cancelled
-    client.download_blob(ref.repository, digest, size, dest, progress)
-    downloaded[digest] = dest.stat().st_size
-    report.blob_done(digest)
-    log.debug("%s: blob %s downloaded", ref, short_id(digest))
-    return dest
-
-
-def _opener(
-    path_of: Callable[[], Path],
-) -> Callable[[], contextlib.AbstractContextManager[BinaryIO]]:
     @contextlib.contextmanager
     def open_blob() -> Iterator[BinaryIO]:
-        with open(path_of(), "rb") as f:  # waits for the download
+        with BlobStream(client, ref.repository, digest, size, progress) as stream:
+            yield cast(BinaryIO, stream)
+            if stream.complete:
+                downloaded[digest] = stream.received
+                report.blob_done(digest)
+                log.debug("%s: blob %s downloaded", ref, short_id(digest))
+
+    return open_blob
+
+
+def _local(path: Path) -> Callable[[], contextlib.AbstractContextManager[BinaryIO]]:
+    """An opener of a blob in the store."""
+
+    @contextlib.contextmanager
+    def open_blob() -> Iterator[BinaryIO]:
+        with open(path, "rb") as f:
             yield f
 
     return open_blob

@@ -3,6 +3,6 @@
 Image-level only (no store): `reference` parses ``[docker://]HOST[:PORT]/REPO[:TAG|@DIGEST]``
 with docker's rules, `auth` reads and writes the credential files podman and
 docker keep, `client` speaks HTTP to one registry (auth challenges, TLS, retries,
-resumed and verified blob downloads, uploads and cross-repository mounts) and
-`manifests` chooses the image of an index for a platform.
+uploads and cross-repository mounts), `blobs` reads a blob as it downloads
+(resumed, verified) and `manifests` chooses the image of an index for a platform.
 """

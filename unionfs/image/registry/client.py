@@ -14,9 +14,8 @@ Invariants:
   speak TLS is reached over plain HTTP, as podman does.
 * 429 and 5xx answers and broken connections are retried with exponential
   backoff (``Retry-After`` honoured up to a cap); other errors are one line.
-* A downloaded blob is verified against its digest (and size) before the
-  caller sees it; a download cut off resumes from where it stopped with a
-  ``Range`` request (from the start if the registry ignores the range).
+* Blob downloads are streamed: `unionfs.image.registry.blobs` verifies them
+  against their digest and size, and resumes them with ``Range`` requests.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 from urllib.parse import urlencode, urljoin
 
 import httpx
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 RETRIES = 6
 _BACKOFF_START = 0.25
 _BACKOFF_CAP = 8.0
-_CHUNK = 1 << 20
 _CERT_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
 
 
@@ -389,67 +387,18 @@ class RegistryClient:
             raise RegistryError(f"{self.host}/{repository}: blob {digest} hashes to {actual}")
         return data
 
-    def download_blob(
-        self,
-        repository: str,
-        digest: str,
-        size: int | None,
-        dest: Path,
-        progress: Callable[[int], None] | None = None,
-    ) -> None:
-        """Write the blob to `dest`, resuming after broken connections; verified."""
-        what = f"{self.host}/{repository}: blob {digest[:19]}"
-        sha = hashlib.sha256()
-        done = 0
-        delay = _BACKOFF_START
-        attempt = 0
-        with open(dest, "wb") as out:
-            while True:
-                headers = {"Range": f"bytes={done}-"} if done else {}
-                try:
-                    with self._stream(repository, digest, headers, what) as r:
-                        if done and r.status_code == 200:
-                            log.info("%s: the registry ignored the range; from the start", what)
-                            out.seek(0)
-                            out.truncate()
-                            sha, done = hashlib.sha256(), 0
-                        elif r.status_code not in (200, 206):
-                            r.read()
-                            self.check(r, what)
-                        for chunk in r.iter_bytes(_CHUNK):
-                            out.write(chunk)
-                            sha.update(chunk)
-                            done += len(chunk)
-                            if size is not None and done > size:
-                                raise RegistryError(f"{what}: more than its {size} bytes")
-                            if progress is not None:
-                                progress(done)
-                    break
-                except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
-                    attempt += 1
-                    if attempt > self.retries:
-                        raise RegistryError(
-                            f"{what}: {_reason(e)} (after {attempt} tries)"
-                        ) from None
-                    log.info("%s: %s at byte %d; resuming in %.2fs", what, _reason(e), done, delay)
-                    out.flush()
-                    time.sleep(delay)
-                    delay = min(delay * 2, _BACKOFF_CAP)
-        actual = "sha256:" + sha.hexdigest()
-        if size is not None and done != size:
-            raise RegistryError(f"{what}: {done} bytes received, the manifest says {size}")
-        if actual != digest:
-            raise RegistryError(f"{what}: the bytes received hash to {actual}")
-
-    def _stream(self, repository: str, digest: str, headers: dict[str, str], what: str) -> Any:
-        """A streamed GET of a blob after auth and retries of the status."""
+    def get_blob_stream(
+        self, repository: str, digest: str, headers: dict[str, str], what: str
+    ) -> httpx.Response:
+        """A streamed GET of a blob after auth and retries of the status; the caller
+        closes it. (`unionfs.image.registry.blobs` reads, resumes and verifies it.)"""
         url = self.url(f"{repository}/blobs/{digest}")
         for _ in range(3):
             auth = self._auth_headers()
             request = self._http.build_request("GET", url, headers={**headers, **auth})
             r = self._retrying(lambda req=request: self._http.send(req, stream=True), what)  # type: ignore[misc]
             if r.status_code != 401:
-                return _Closing(r)
+                return r
             r.close()
             self._answer(r, auth.get("Authorization", ""))
         raise RegistryError(f"{what}: still unauthorized")
@@ -511,19 +460,6 @@ class RegistryClient:
         r = self.request("PUT", _with_query(location, digest=digest), what=what)
         self.check(r, f"{what}: finish upload", 201)
         return "uploaded"
-
-
-class _Closing:
-    """A streamed response as a context manager that closes it."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-
-    def __enter__(self) -> httpx.Response:
-        return self.response
-
-    def __exit__(self, *exc: object) -> None:
-        self.response.close()
 
 
 def _with_query(url: str, **query: str) -> str:
