@@ -195,3 +195,15 @@ def test_upper_and_work_dirs_in_use(layer: Path, tmp_path: Path) -> None:
         for m in (first, second):
             if os.path.ismount(m):
                 subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def test_commands_start_without_the_browser_and_registry_libraries() -> None:
+    """Every command, and every mount's daemon (which starts as the command),
+    loads textual and httpx only for the commands that use them."""
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, unionfs.cli.main; "
+         "print(sorted(m for m in ('textual', 'httpx', 'pygments') if m in sys.modules))"],
+        capture_output=True, text=True, cwd=REPO, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "[]"

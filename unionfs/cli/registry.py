@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import (
@@ -25,12 +25,15 @@ from unionfs.cli import display
 from unionfs.cli.common import get_store
 from unionfs.errors import UnionfsError
 from unionfs.image.registry import auth
-from unionfs.image.registry.client import RegistryClient, RegistryError
 from unionfs.image.registry.manifests import parse_platform
 from unionfs.image.registry.reference import DOCKER_HUB, RegistryRef, parse_registry_reference
-from unionfs.store.pull import pull_image
-from unionfs.store.push import push_image
 from unionfs.store.records import LayerInfo, short_id
+
+if TYPE_CHECKING:
+    from unionfs.image.registry.client import RegistryClient
+
+# The registry client (httpx) is imported by the commands that use it, so that
+# every other command, and every mount's daemon, starts without it.
 
 
 class _Bars:
@@ -171,6 +174,8 @@ def _client(
     authfile: Path | None,
     creds: auth.Credentials | None = None,
 ) -> RegistryClient:
+    from unionfs.image.registry.client import RegistryClient  # noqa: PLC0415 (httpx)
+
     if creds is None:
         creds = auth.lookup(ref.host, authfile)
     return RegistryClient(ref.api_host, credentials=creds, tls_verify=tls_verify, cert_dir=cert_dir)
@@ -179,6 +184,8 @@ def _client(
 @contextlib.contextmanager
 def _about(ref: RegistryRef) -> Iterator[None]:
     """Errors reaching docker.io say why docker.io was asked at all."""
+    from unionfs.image.registry.client import RegistryError  # noqa: PLC0415 (httpx)
+
     try:
         yield
     except RegistryError as e:
@@ -217,6 +224,8 @@ def pull_cmd(
     store = get_store(ctx)
     printer = _PullPrinter("pull")
     with _about(ref), _client(ref, tls_verify, cert_dir, authfile) as client, printer.running():
+        from unionfs.store.pull import pull_image  # noqa: PLC0415 (httpx)
+
         pulled = pull_image(store, client, ref, printer, platform=want)
     image = pulled.imported.image
     for tag, old in pulled.imported.untagged_from:
@@ -264,6 +273,8 @@ def push_cmd(
         _client(target, tls_verify, cert_dir, authfile) as client,
         printer.running(),
     ):
+        from unionfs.store.push import push_image  # noqa: PLC0415 (httpx)
+
         pushed = push_image(store, client, image, target, printer, chunk_size=chunk_size)
     counts: dict[str, int] = {}
     for how in pushed.how.values():
