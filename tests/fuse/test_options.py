@@ -92,3 +92,66 @@ def test_suid_and_dev_follow_writability_unless_asked(
 def test_a_flag_and_its_negation_contradict() -> None:
     with pytest.raises(UsageError, match=r"^options suid and nosuid contradict each other$"):
         build_config(["/a"], "/mnt", ["suid,nosuid"])
+
+
+def test_podman_option_string_with_empty_option_and_trailing_comma() -> None:
+    cfg = build_config([], "/m", ["lowerdir=/l/A:/l/B,upperdir=/u,workdir=/w,,volatile,"])
+    assert cfg.lowers == (Path("/l/A"), Path("/l/B"))
+    assert cfg.writable
+    assert not cfg.fsync
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        "noacl", "static_nlink", "userxattr", "squash_to_root", "squash_to_uid=1",
+        "squash_to_gid=2", "uidmapping=0:1000:1", "gidmapping=0:1000:1:1:100000:65536",
+        "xattr_permissions=0", "xattr_permissions=1", "xattr_permissions=2", "index=off",
+        "index=on", "redirect_dir=off", "metacopy=off", "metacopy=on", "timeout=0",
+        "timeout=1.5", "threaded=0", "threaded=1", "debug", "fsync=0", "fsync=1", "volatile",
+        "fast_ino=1", "writeback=0",
+    ],
+)  # fmt: skip
+def test_every_fuse_overlayfs_option_is_accepted(opt: str) -> None:
+    build_config([], "/m", [f"lowerdir=/a,{opt}"])
+
+
+def test_options_that_act() -> None:
+    cfg = build_config([], "/m", ["lowerdir=/a,fsync=0,timeout=2.5,debug"])
+    assert (cfg.fsync, cfg.cache_timeout, cfg.debug) == (False, 2.5, True)
+    default = build_config([], "/m", ["lowerdir=/a"])
+    assert (default.fsync, default.debug) == (True, False)
+    assert default.uids.identity and default.gids.identity
+    root = build_config([], "/m", ["lowerdir=/a,squash_to_root"])
+    assert (root.uids.shown(1234), root.gids.shown(99)) == (0, 0)
+    sq = build_config([], "/m", ["lowerdir=/a,squash_to_uid=7"])
+    assert (sq.uids.shown(1), sq.gids.shown(1)) == (7, 1)
+
+
+def test_id_mapping_both_ways() -> None:
+    cfg = build_config([], "/m", ["lowerdir=/a,uidmapping=0:1000:1:1:100000:65536"])
+    m = cfg.uids
+    assert [m.shown(h) for h in (1000, 100000, 165535, 165536, 0)] == [0, 1, 65536, 65534, 65534]
+    assert [m.stored(c) for c in (0, 1, 65536, 65537)] == [1000, 100000, 165535, None]
+    assert cfg.gids.identity
+
+
+@pytest.mark.parametrize(
+    ("opt", "message"),
+    [
+        ("fsync=2", "fsync=2: give 0 or 1"),
+        ("timeout=soon", "timeout=soon: give a number of seconds"),
+        ("timeout=-1", "timeout=-1: give a number of seconds"),
+        ("index=maybe", "index=maybe: give on or off"),
+        ("xattr_permissions=3", "xattr_permissions=3: give 0 or 1 or 2"),
+        ("uidmapping=0:1000", "uidmapping=0:1000: give CONTAINER:HOST:SIZE"),
+        ("gidmapping=0:x:1", "gidmapping=0:x:1: give CONTAINER:HOST:SIZE"),
+        ("uidmapping=0:1:0", "uidmapping=0:1:0: a range of size 0"),
+        ("squash_to_uid=me", "squash_to_uid=me: give a number"),
+        ("volatile=1", "unknown mount option 'volatile=1'"),
+        ("nosuchoption", "unknown mount option 'nosuchoption'"),
+    ],
+)
+def test_bad_fuse_overlayfs_values(opt: str, message: str) -> None:
+    with pytest.raises(UsageError, match="^" + message.replace("(", r"\(")):
+        build_config([], "/m", [f"lowerdir=/a,{opt}"])

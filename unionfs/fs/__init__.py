@@ -12,6 +12,7 @@ commands (`unionfs.inspect`) reuse.
 - `search`: one name looked up through the layers, following redirects.
 - `upper`: the writable upper layer: whiteouts written, copy-up.
 - `events`: the event log and counters of what the filesystem does.
+- `owners`: owner mapping (fuse-overlayfs's uidmapping/gidmapping and squash).
 - `core`, `listing`, `copyup`, `writes`, `xattrs`: the parts of `UnionFS`, one per
   concern (reading through the layers, directory listings, copy-up, namespace
   changes, extended attributes).

@@ -2,7 +2,10 @@
 
 Every path inside a layer is reached from a directory file descriptor, one
 component at a time, with ``O_NOFOLLOW``: a symlink stored in a layer is
-content to show, never a path for the daemon to follow. Extended attributes of
+content to show, never a path for the daemon to follow. The layer's own path
+is followed, symlinks included, as overlayfs follows its layer dirs
+(containers/storage names lower dirs by links ``l/XXXX -> ../ID/diff``).
+Extended attributes of
 a child are read through ``/proc/self/fd/DIRFD/NAME`` with ``lgetxattr``, which
 resolves only the descriptor's magic link and never follows the final name.
 """
@@ -19,6 +22,7 @@ from unionfs.fs.merge import Copy, Kind
 
 NAME_MAX = 255
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # a layer's own path
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
 _NO_XATTR = (errno.ENODATA, errno.ENOTSUP, errno.EPERM)
 
@@ -35,7 +39,7 @@ class Layer:
 
     @classmethod
     def open(cls, index: int, path: Path) -> "Layer":
-        fd = os.open(path, DIR_FLAGS)
+        fd = os.open(path, ROOT_FLAGS)
         st = os.fstat(fd)
         fsid = os.fstatvfs(fd).f_fsid or st.st_dev
         return cls(index, path, fd, fsid, st.st_dev)

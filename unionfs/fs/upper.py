@@ -15,7 +15,10 @@ A copy records where it came from in ``trusted.overlay.unionfs.origin`` (the
 filesystem id, device and inode of the lower copy), so the file keeps its inode
 number after copy-up and across remounts. The ``trusted.overlay.`` prefix keeps
 it hidden both through unionfs and through kernel overlayfs mounting the same
-upper.
+upper. A daemon that is not root cannot write ``trusted.*``: it records the
+origin in ``user.overlay.unionfs.origin`` (hidden the same way, like overlayfs's
+``userxattr`` bookkeeping), on directories and regular files only, as the
+kernel allows ``user.*`` on nothing else. Both names are read.
 """
 
 import contextlib
@@ -38,6 +41,7 @@ from unionfs.fs.layer import Layer
 log = logging.getLogger(__name__)
 
 ORIGIN_XATTR = b"trusted.overlay.unionfs.origin"
+USER_ORIGIN_XATTR = b"user.overlay.unionfs.origin"
 _ORIGIN = struct.Struct("<QQQ")
 FICLONE = 0x40049409
 _CHUNK = 1 << 20
@@ -49,6 +53,15 @@ ACL_DEFAULT_XATTR = b"system.posix_acl_default"
 
 def pack_origin(fsid: int, st: os.stat_result) -> bytes:
     return _ORIGIN.pack(fsid & 0xFFFFFFFFFFFFFFFF, st.st_dev, st.st_ino)
+
+
+def read_origin(dirfd: int, name: bytes) -> bytes | None:
+    """The origin recorded on `name` in `dirfd`, under either name."""
+    for attr in (ORIGIN_XATTR, USER_ORIGIN_XATTR):
+        value = io.getxattr_at(dirfd, name, attr)
+        if value is not None:
+            return value
+    return None
 
 
 def unpack_origin(value: bytes | None) -> tuple[int, int, int] | None:
@@ -71,6 +84,9 @@ class Upper:
     oci_whiteouts: bool
     lock_fd: int = -1  # the work dir itself, flock()ed while mounted
     _names: "itertools.count[int]" = field(default_factory=itertools.count)
+    #: Where copies record their origin: ``trusted.*`` needs CAP_SYS_ADMIN in
+    #: the initial user namespace (root in a user namespace has not got it).
+    origin_xattr: bytes = ORIGIN_XATTR
 
     @classmethod
     def open(cls, layer: Layer, work: Path, *, oci_whiteouts: bool) -> "Upper":
@@ -91,7 +107,10 @@ class Upper:
         except BaseException:
             os.close(base)
             raise
-        return cls(layer, work_fd, oci_whiteouts or os.geteuid() != 0, base)
+        upper = cls(layer, work_fd, oci_whiteouts or not _can_make_whiteouts(work_fd), base)
+        if not _can_write_trusted(work_fd):
+            upper.origin_xattr = USER_ORIGIN_XATTR
+        return upper
 
     def close(self) -> None:
         for fd in (self.work_fd, self.lock_fd):
@@ -206,7 +225,7 @@ class Upper:
             try:
                 copy_xattrs(io.fd_listxattr(src_fd), lambda a: io.fd_getxattr(src_fd, a),
                             lambda a, v: os.setxattr(fd, a, v))  # fmt: skip
-                os.setxattr(fd, ORIGIN_XATTR, origin)
+                os.setxattr(fd, self.origin_xattr, origin)
                 os.chown(fd, st.st_uid, st.st_gid)
                 os.chmod(fd, stat.S_IMODE(st.st_mode))
                 os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -229,7 +248,7 @@ class Upper:
             for a, v in xattrs.items():
                 os.setxattr(fd, a, v)
             if origin is not None:
-                os.setxattr(fd, ORIGIN_XATTR, origin)
+                os.setxattr(fd, self.origin_xattr, origin)
             os.fchown(fd, st.st_uid, st.st_gid)
             os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which clears set-id bits
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -252,7 +271,7 @@ class Upper:
             path = io.child_path(self.work_fd, temp)
             for a, v in xattrs.items():
                 os.setxattr(path, a, v, follow_symlinks=False)
-            if origin is not None:
+            if origin is not None and self.origin_xattr == ORIGIN_XATTR:
                 os.setxattr(path, ORIGIN_XATTR, origin, follow_symlinks=False)
             os.chown(temp, st.st_uid, st.st_gid, dir_fd=self.work_fd, follow_symlinks=False)
             if target is None:
@@ -263,6 +282,38 @@ class Upper:
             self.discard_temp(temp)
             raise
         return temp
+
+
+def _can_make_whiteouts(work_fd: int) -> bool:
+    """Whether this process may make a character device 0/0 in the work dir:
+    root may, and since Linux 5.8 anyone may make that one device node (a
+    whiteout); elsewhere deletions are written as OCI ``.wh.`` files."""
+    if os.geteuid() == 0:
+        return True
+    probe = b".whiteout-probe"
+    try:
+        os.mknod(probe, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=work_fd)
+    except OSError:
+        return False
+    os.unlink(probe, dir_fd=work_fd)
+    return True
+
+
+def _can_write_trusted(work_fd: int) -> bool:
+    """Whether ``trusted.*`` xattrs can be written here (an upper filesystem
+    without xattrs at all counts as yes: its writes fail as they always did)."""
+    if os.geteuid() != 0:
+        return False
+    probe = b"trusted.overlay.unionfs.probe"
+    try:
+        os.setxattr(work_fd, probe, b"")
+    except PermissionError:
+        return False
+    except OSError:
+        return True
+    with contextlib.suppress(OSError):
+        os.removexattr(work_fd, probe)
+    return True
 
 
 def _lock(fd: int, message: str) -> None:

@@ -5,6 +5,12 @@ path is written ``\\:`` and a backslash ``\\\\``. Generic mount flags that
 mount(8) and mount.fuse3 pass along are accepted; an option nobody knows is an
 error, not something to ignore silently.
 
+Every option of fuse-overlayfs 1.x is accepted: those that act here set a
+field of `MountConfig` (``volatile``/``fsync=``, ``timeout=``, ``debug``,
+``noacl``, ``redirect_dir=``, the owner mapping of ``uidmapping=``,
+``gidmapping=`` and ``squash_to_*``); the others (``NO_EFFECT_*``) are checked
+and then change nothing, as README's table says.
+
 `check_overlaps` refuses layer dirs that contain each other, as overlayfs does.
 
 Setuid bits and device nodes take effect (``suid,dev``) on a writable mount, a
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unionfs.errors import UnionfsError, UsageError
+from unionfs.fs.owners import IdMap, IdRange
 
 # Flags that libfuse applies to the mount itself.
 FUSE_FLAGS = frozenset(
@@ -36,6 +43,28 @@ IGNORED_FLAGS = frozenset({"defaults", "auto", "noauto", "user", "nouser", "user
                            "nofail", "owner", "group"})  # fmt: skip
 OUR_VALUED = frozenset({"lowerdir", "upperdir", "workdir", "redirect_dir"})
 OUR_FLAGS = frozenset({"noacl"})
+# fuse-overlayfs's and overlayfs's options that change nothing here (README).
+NO_EFFECT_FLAGS = frozenset({"static_nlink", "userxattr"})
+NO_EFFECT_VALUED = {
+    "threaded": ("0", "1"),
+    "xattr_permissions": ("0", "1", "2"),
+    "index": ("on", "off"),
+    "metacopy": ("on", "off"),
+    "fast_ino": ("0", "1"),
+    "writeback": ("0", "1"),
+}
+
+
+def parse_id_mapping(key: str, value: str) -> tuple[IdRange, ...]:
+    """``container:host:size[:container:host:size...]`` (fuse-overlayfs)."""
+    parts = value.split(":")
+    if len(parts) % 3 or not all(p.isdigit() for p in parts):
+        raise UsageError(f"{key}={value}: give CONTAINER:HOST:SIZE[:CONTAINER:HOST:SIZE...]")
+    nums = [int(p) for p in parts]
+    ranges = tuple(IdRange(*nums[i : i + 3]) for i in range(0, len(nums), 3))
+    if any(r.size == 0 for r in ranges):
+        raise UsageError(f"{key}={value}: a range of size 0")
+    return ranges
 
 
 @dataclass(frozen=True)
@@ -55,6 +84,14 @@ class MountConfig:
     #: Have the kernel enforce the layers' POSIX ACLs (FUSE_POSIX_ACL); off
     #: (fuse-overlayfs ``noacl``): mode bits only, ACLs are plain xattrs.
     acl: bool = True
+    #: fsync and fsyncdir reach the upper layer; off (``volatile``,
+    #: ``fsync=0``) they return at once, as overlayfs's ``volatile``.
+    fsync: bool = True
+    #: Log every request (``-o debug``, like ``--debug``).
+    debug: bool = False
+    #: Owners shown and stored (``uidmapping=``/``gidmapping=``, ``squash_to_*``).
+    uids: IdMap = field(default_factory=IdMap)
+    gids: IdMap = field(default_factory=IdMap)
 
     @property
     def writable(self) -> bool:
@@ -127,9 +164,50 @@ def build_config(
     fuse_options: set[str] = set()
     redirect_dir = True
     acl = True
+    fsync = True
+    debug = False
+    cache_timeout = MountConfig.cache_timeout
+    ranges: dict[str, tuple[IdRange, ...]] = {"uidmapping": (), "gidmapping": ()}
+    squash: dict[str, int | None] = {"uid": None, "gid": None}
     for opts in option_strings:
         for opt in split_option_string(opts):
             key, eq, value = opt.partition("=")
+            if key in NO_EFFECT_FLAGS and not eq:
+                continue
+            if key in NO_EFFECT_VALUED:
+                if value not in NO_EFFECT_VALUED[key]:
+                    choices = " or ".join(NO_EFFECT_VALUED[key])
+                    raise UsageError(f"{key}={value}: give {choices}")
+                continue
+            if key in ("volatile", "debug", "squash_to_root") and not eq:
+                if key == "volatile":
+                    fsync = False
+                elif key == "debug":
+                    debug = True
+                else:
+                    squash = {"uid": 0, "gid": 0}
+                continue
+            if key == "fsync":
+                if value not in ("0", "1"):
+                    raise UsageError(f"fsync={value}: give 0 or 1")
+                fsync = value == "1"
+                continue
+            if key == "timeout":
+                try:
+                    cache_timeout = float(value)
+                except ValueError:
+                    cache_timeout = -1.0
+                if not 0 <= cache_timeout < float("inf"):
+                    raise UsageError(f"timeout={value}: give a number of seconds")
+                continue
+            if key in ("squash_to_uid", "squash_to_gid"):
+                if not value.isdigit():
+                    raise UsageError(f"{key}={value}: give a number")
+                squash[key[-3:]] = int(value)
+                continue
+            if key in ranges:
+                ranges[key] = parse_id_mapping(key, value)
+                continue
             if key in OUR_VALUED:
                 if not eq or not value:
                     raise UsageError(f"option {key}= needs a value")
@@ -174,6 +252,11 @@ def build_config(
         oci_whiteouts=oci_whiteouts,
         redirect_dir=redirect_dir,
         acl=acl,
+        fsync=fsync,
+        debug=debug,
+        cache_timeout=cache_timeout,
+        uids=IdMap(ranges["uidmapping"], squash["uid"]),
+        gids=IdMap(ranges["gidmapping"], squash["gid"]),
     )
 
 

@@ -40,7 +40,7 @@ from unionfs.fs.events import file_type, whiteout_form
 from unionfs.fs.inodes import ROOT_INO, Node, origin_key
 from unionfs.fs.layer import Layer
 from unionfs.fs.merge import Kind, Location, Resolution, Stop
-from unionfs.fs.upper import ORIGIN_XATTR, unpack_origin
+from unionfs.fs.upper import read_origin, unpack_origin
 from unionfs.fs.vfs import UnionFS
 from unionfs.inspect.answers import (
     Attrs,
@@ -426,7 +426,7 @@ class StackView:
             if c.status == "merged" or (c.by is not None and c.by.layer == 0):
                 below = c
                 break
-        recorded = unpack_origin(io.getxattr_at(here.fds[0], name, ORIGIN_XATTR))
+        recorded = unpack_origin(read_origin(here.fds[0], name))
         origin: Literal["matches", "other", "none"] = "none"
         if recorded is not None:
             origin = "other"
