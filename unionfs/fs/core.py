@@ -42,8 +42,9 @@ from unionfs.fs.inodes import (
 )
 from unionfs.fs.layer import NAME_MAX, Layer
 from unionfs.fs.merge import Copy, Kind, Location, Resolution, resolve
+from unionfs.fs.owners import IDENTITY, IdMap
 from unionfs.fs.search import Search
-from unionfs.fs.upper import ORIGIN_XATTR, Upper, unpack_origin
+from unionfs.fs.upper import Upper, read_origin, unpack_origin
 
 if TYPE_CHECKING:
     from unionfs.fs.listing import DirListing
@@ -111,12 +112,18 @@ class Core:
         fd_cache_size: int = 1024,
         events: EventLog | None = None,
         redirect_dir: bool = True,
+        sync: bool = True,
+        uids: IdMap = IDENTITY,
+        gids: IdMap = IDENTITY,
     ) -> None:
         """`layers` top first; with `upper`, ``layers[0]`` is its (writable) layer.
         What the filesystem does (copy-ups, whiteouts, ...) is recorded in
         `events` (a new `EventLog` when not given). `redirect_dir` false refuses
         to rename a directory with lower content (EXDEV) instead of writing a
-        redirect; redirects found in the layers are followed either way."""
+        redirect; redirects found in the layers are followed either way.
+        `sync` false makes fsync a no-op (overlayfs's ``volatile``). `uids` and
+        `gids` translate owners given to the writing calls into the owners
+        stored (`shown_owner` the other way)."""
         if not layers:
             raise ValueError("at least one layer is needed")
         if upper is not None and upper.layer is not layers[0]:
@@ -124,6 +131,8 @@ class Core:
         self.layers = list(layers)
         self.upper = upper
         self.redirect_dir = redirect_dir
+        self.sync = sync
+        self.uids, self.gids = uids, gids
         self.events = events if events is not None else EventLog()
         self._fds = DirFdCache(fd_cache_size)
         top = self.layers[0]
@@ -198,6 +207,19 @@ class Core:
             raise _err(errno.EINVAL)
         return self.dir_fd(node.parent, node.top_layer)
 
+    def shown_owner(self, st: StatLike) -> tuple[int, int]:
+        """The owner a mount reports for an entry whose stored owner is in `st`."""
+        return self.uids.shown(st.st_uid), self.gids.shown(st.st_gid)
+
+    def stored_owner(self, uid: int, gid: int) -> tuple[int, int]:
+        """The owner to write for one given through the mount (-1: unchanged);
+        EINVAL for an id outside the mapping, as fuse-overlayfs."""
+        su = uid if uid == -1 else self.uids.stored(uid)
+        sg = gid if gid == -1 else self.gids.stored(gid)
+        if su is None or sg is None:
+            raise _err(errno.EINVAL)
+        return su, sg
+
     def _attr_target(self, node: Node) -> bytes | int:
         """A path for the *at-less calls that reaches exactly this upper entry."""
         if node.parent is None:
@@ -242,7 +264,7 @@ class Core:
             own = origin_key(self.layers[0].fsid, st)
             if self._known_without_origin(parent, name, own):
                 return own
-            recorded = unpack_origin(io.getxattr_at(self.dir_fd(parent, 0), name, ORIGIN_XATTR))
+            recorded = unpack_origin(read_origin(self.dir_fd(parent, 0), name))
             if recorded is not None:
                 return recorded
             return own
@@ -408,11 +430,13 @@ class Core:
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         """fallocate(2) on a file open for writing, hence in the upper layer:
         every mode its filesystem supports (0, KEEP_SIZE, PUNCH_HOLE, ...), as
-        overlayfs. The mount cannot ask yet: pyfuse3 does not dispatch
-        FUSE_FALLOCATE, so the kernel answers EOPNOTSUPP itself."""
+        overlayfs. Only a pyfuse3 that carries patches/pyfuse3 dispatches
+        FUSE_FALLOCATE; with a stock one the kernel answers EOPNOTSUPP itself."""
         io.fallocate(fh, mode, offset, length)
 
     def fsync(self, fh: int, datasync: bool) -> None:
+        if not self.sync:
+            return
         if datasync:
             os.fdatasync(fh)
         else:
@@ -420,7 +444,7 @@ class Core:
 
     def fsyncdir(self, ino: int) -> None:
         node = self.node(ino)
-        if self.upper is not None and node.copies[0].layer == 0:
+        if self.sync and self.upper is not None and node.copies[0].layer == 0:
             os.fsync(self.dir_fd(node, 0))
 
     def release(self, fh: int) -> None:

@@ -24,7 +24,7 @@ from unionfs.fs.events import file_type, setattr_reason
 from unionfs.fs.inodes import Node, origin_key
 from unionfs.fs.listing import Listings
 from unionfs.fs.merge import Copy, Kind, Resolution
-from unionfs.fs.upper import Upper, replace
+from unionfs.fs.upper import ACL_DEFAULT_XATTR, Upper, replace
 
 
 class Writes(CopyUps, Listings):
@@ -84,6 +84,7 @@ class Writes(CopyUps, Listings):
         """Create `name` with `make(dirfd, name)` as the caller, replacing a
         whiteout of the upper layer in one rename when there is one."""
         upper = self._need_upper()
+        uid, gid = self.stored_owner(uid, gid)
         parent = self.node(parent_ino)
         self._check_new_name(parent, name)
         res, _ = self.resolve_child(parent, name, why=False)
@@ -130,8 +131,17 @@ class Writes(CopyUps, Listings):
     # -- creating ------------------------------------------------------------------------
 
     def create(
-        self, parent_ino: int, name: bytes, mode: int, flags: int, uid: int, gid: int
+        self,
+        parent_ino: int,
+        name: bytes,
+        mode: int,
+        flags: int,
+        uid: int,
+        gid: int,
+        umask: int = 0,
     ) -> tuple[int, Node]:
+        mode = self.new_mode(parent_ino, mode, umask)
+
         def make(dirfd: int, n: bytes) -> None:
             os.close(os.open(n, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                              stat.S_IMODE(mode), dir_fd=dirfd))  # fmt: skip
@@ -139,17 +149,36 @@ class Writes(CopyUps, Listings):
         node = self._create(parent_ino, name, uid, gid, make)
         return self.open(node.ino, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)), node
 
-    def mknod(self, parent_ino: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
+    def mknod(
+        self, parent_ino: int, name: bytes, mode: int, rdev: int, uid: int, gid: int, umask: int = 0
+    ) -> Node:
         if stat.S_ISCHR(mode) and rdev == 0:
             raise _err(errno.EPERM)  # as overlayfs: a 0/0 device is a whiteout
+        mode = self.new_mode(parent_ino, mode, umask)
         return self._create(
             parent_ino, name, uid, gid, lambda d, n: os.mknod(n, mode, rdev, dir_fd=d)
         )
 
-    def mkdir(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
+    def mkdir(
+        self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int, umask: int = 0
+    ) -> Node:
+        mode = self.new_mode(parent_ino, mode, umask)
         return self._create(
             parent_ino, name, uid, gid, lambda d, n: os.mkdir(n, mode, dir_fd=d), is_dir=True
         )
+
+    def new_mode(self, parent_ino: int, mode: int, umask: int) -> int:
+        """The mode a new entry is made with: the caller's `umask` applies
+        unless the parent has a default POSIX ACL, which replaces it (POSIX, and
+        the VFS's mode_strip_umask). The kernel leaves the umask to the daemon
+        only when it granted FUSE_DONT_MASK; where it applied it itself, applying
+        it again changes nothing."""
+        if not umask:
+            return mode
+        parent = self.node(parent_ino)  # its top copy: what a copy-up carries
+        if io.fd_getxattr(self.dir_fd(parent, parent.top_layer), ACL_DEFAULT_XATTR) is None:
+            return mode & ~umask
+        return mode
 
     def symlink(self, parent_ino: int, name: bytes, target: bytes, uid: int, gid: int) -> Node:
         return self._create(
@@ -417,6 +446,8 @@ class Writes(CopyUps, Listings):
     ) -> Node:
         node = self.node(ino)
         self._need_upper()
+        if uid is not None or gid is not None:
+            uid, gid = self.stored_owner(-1 if uid is None else uid, -1 if gid is None else gid)
         reason = setattr_reason(
             size=size is not None,
             owner=uid is not None or gid is not None,
@@ -435,16 +466,19 @@ class Writes(CopyUps, Listings):
                 finally:
                     os.close(wfd)
         target = self._attr_target(node)
+        # An fd (the root, an unlinked open file) is the entry itself: the
+        # *at-less calls refuse follow_symlinks=False with one.
+        nofollow = not isinstance(target, int)
         if uid is not None or gid is not None:
             os.chown(target, -1 if uid is None else uid, -1 if gid is None else gid,
-                     follow_symlinks=False)  # fmt: skip
+                     follow_symlinks=not nofollow)  # fmt: skip
         if mode is not None and not stat.S_ISLNK(node.st.st_mode):
             os.chmod(target, stat.S_IMODE(mode))
         if atime_ns is not None or mtime_ns is not None:
             cur = self.refresh(node).st
             os.utime(target, ns=(cur.st_atime_ns if atime_ns is None else atime_ns,
                                  cur.st_mtime_ns if mtime_ns is None else mtime_ns),
-                     follow_symlinks=False)  # fmt: skip
+                     follow_symlinks=not nofollow)  # fmt: skip
         return self.refresh(node)
 
 

@@ -207,8 +207,15 @@ def serve(
             raise UnionfsError(
                 f"cannot use {config.upper} and {config.work}: {e.strerror}"
             ) from None
-        os.umask(0)  # modes arrive with the caller's umask already applied
-    fs = UnionFS(layers, upper=upper, redirect_dir=config.redirect_dir)
+        os.umask(0)  # modes arrive with the caller's umask applied (or UnionFS applies it)
+    fs = UnionFS(
+        layers,
+        upper=upper,
+        redirect_dir=config.redirect_dir,
+        sync=config.fsync,
+        uids=config.uids,
+        gids=config.gids,
+    )
     try:
         ops = Operations(fs, debug=debug, cache_timeout=config.cache_timeout, acl=config.acl)
         mountpoint = os.path.realpath(config.mountpoint)
@@ -359,8 +366,12 @@ def _detach_stdio() -> None:
 
 
 def mount(config: MountConfig, *, foreground: bool, debug: bool, log_file: Path | None) -> None:
-    """Mount in the foreground (serving until unmounted) or in a background daemon."""
+    """Mount in the foreground (serving until unmounted) or in a background daemon.
+    ``-o debug`` is `debug`."""
     check_inputs(config)
+    debug = debug or config.debug
+    if debug and foreground:
+        logging.getLogger().setLevel(logging.DEBUG)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     if foreground:
         serve(config, debug=debug, ready=lambda: None, log_target="stderr")

@@ -9,11 +9,13 @@ whole group (as overlayfs shows it, so ``cp -a`` and ``tar`` keep the link),
 and one node id per name (so that a write through one name copies up that name
 only, as overlayfs without ``index=on`` does).
 
-`set_reported_ino` writes ``attr.st_ino`` of the ``fuse_entry_param`` that an
-`EntryAttributes` wraps (libfuse's ``{ino; generation; struct stat attr; ...}``,
-the only state of that Cython object). `SUPPORTED` says whether the layout was
-verified on this build at import; where it was not, the group shows one
-`st_ino` per name, as before, and nothing is written.
+A pyfuse3 built with patches/pyfuse3 has `EntryAttributes.reported_ino` for
+this (`API`). With a stock one, `set_reported_ino` writes ``attr.st_ino`` of
+the ``fuse_entry_param`` that an `EntryAttributes` wraps (libfuse's ``{ino;
+generation; struct stat attr; ...}``, the only state of that Cython object).
+`SUPPORTED` says whether either works on this build (the layout is verified at
+import); where neither does, the group shows one `st_ino` per name, and
+nothing is written.
 """
 
 import ctypes
@@ -47,7 +49,9 @@ def _verify() -> bool:
     )
 
 
-SUPPORTED = _verify()
+#: pyfuse3 sets the reported number itself (patches/pyfuse3).
+API = hasattr(pyfuse3.EntryAttributes, "reported_ino")
+SUPPORTED = API or _verify()
 if not SUPPORTED:
     log.warning(
         "pyfuse3's entry layout is not the expected one: lower hard links show one inode per name"
@@ -57,5 +61,7 @@ if not SUPPORTED:
 def set_reported_ino(attr: pyfuse3.EntryAttributes, ino: int) -> None:
     """Make `attr` report `ino` as ``st_ino`` while naming the node its
     `st_ino` was set to (set that first)."""
-    if SUPPORTED:
+    if API:
+        attr.reported_ino = ino
+    elif SUPPORTED:
         ctypes.c_uint64.from_address(id(attr) + _ATTR_INO).value = ino

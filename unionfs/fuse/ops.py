@@ -32,6 +32,11 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 _STATVFS_FIELDS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                    "f_ffree", "f_favail", "f_namemax")  # fmt: skip
 
+# Features of a pyfuse3 that carries patches/pyfuse3, found at run time so that
+# a stock pyfuse3 works too (without them). FALLOCATE and FUSE_DONT_MASK need no
+# check: a stock pyfuse3 never calls `fallocate` nor reads `enable_dont_mask`.
+CACHE_DIRS = hasattr(pyfuse3.FileInfo, "cache_readdir")  # opendir may return a FileInfo
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -83,9 +88,14 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     # FUSE_POSIX_ACL: the kernel checks the layers' POSIX ACLs (read through
     # getxattr, then cached with the inode) besides the mode bits, as overlayfs
-    # does. The kernel still applies the umask to new entries (pyfuse3 does not
-    # ask for FUSE_DONT_MASK), also where a default ACL should replace it.
+    # does.
     enable_acl = True
+    # FUSE_DONT_MASK (read by a pyfuse3 that carries patches/pyfuse3, ignored by
+    # a stock one): new entries' modes arrive without the caller's umask, and
+    # `UnionFS` applies ``ctx.umask`` unless the parent's default ACL replaces it.
+    # A stock pyfuse3 lets the kernel apply the umask first, also where a
+    # default ACL should replace it.
+    enable_dont_mask = True
 
     def __init__(
         self,
@@ -104,6 +114,13 @@ class Operations(pyfuse3.Operations):
         # daemon again (only useful to measure what the caches buy).
         self.timeout = cache_timeout
         self.keep_cache = cache_timeout > 0
+        # FOPEN_CACHE_DIR: the kernel keeps listings in its page cache and a
+        # warm walk never reaches the daemon. Layers never change under a mount,
+        # and the kernel drops a cached listing itself when the directory
+        # changes through this mount (the only way it changes); `_copy_up`
+        # drops one whose d_ino a copy-up made stale. Needs a pyfuse3 whose
+        # opendir may return a FileInfo (patches/pyfuse3).
+        self.cache_dirs = self.keep_cache and CACHE_DIRS
         self._locks: dict[int, trio.Lock] = {}  # per-inode, for copy-up and removal
 
     def entry(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -118,8 +135,7 @@ class Operations(pyfuse3.Operations):
         attr.attr_timeout = self.timeout
         attr.st_mode = st.st_mode
         attr.st_nlink = self.fs.link_count(node)
-        attr.st_uid = st.st_uid
-        attr.st_gid = st.st_gid
+        attr.st_uid, attr.st_gid = self.fs.shown_owner(st)
         attr.st_rdev = st.st_rdev
         attr.st_size = st.st_size
         attr.st_blksize = st.st_blksize
@@ -181,8 +197,11 @@ class Operations(pyfuse3.Operations):
     # -- directories -----------------------------------------------------------
 
     @_handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return self.fs.opendir(inode)
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
+        fh = self.fs.opendir(inode)
+        if self.cache_dirs:
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
+        return fh
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -252,6 +271,7 @@ class Operations(pyfuse3.Operations):
                 if stat.S_ISDIR(node.st.st_mode):
                     fs.upper_dir(node, reason)
                 else:
+                    shown = fs.shown_ino(node)
                     job = fs.prepare_copy_up(node, reason)
                     try:
                         temp = await trio.to_thread.run_sync(job.run)
@@ -262,12 +282,24 @@ class Operations(pyfuse3.Operations):
                     # drops to 1), ctime and blocks differ from what the kernel
                     # cached. Data is the same, so the page cache stays.
                     self._forget_attributes(node.ino)
+                    if self.cache_dirs and node.parent is not None and fs.shown_ino(node) != shown:
+                        # A name of a lower hard-link group now has its own
+                        # inode number: the cached listing's d_ino is stale.
+                        self._forget_listing(node.parent.ino)
         self._unlock_done(node.ino)
 
     @staticmethod
     def _forget_attributes(ino: int) -> None:
         try:
             pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as e:  # the kernel no longer knows the inode: nothing cached
+            log.debug("invalidate_inode(%d): %s", ino, e)
+
+    @staticmethod
+    def _forget_listing(ino: int) -> None:
+        """Drop the kernel's cached listing (and attributes) of directory `ino`."""
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=False)
         except OSError as e:  # the kernel no longer knows the inode: nothing cached
             log.debug("invalidate_inode(%d): %s", ino, e)
 
@@ -280,7 +312,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
-        fh, node = self.fs.create(parent_inode, name, mode, flags, ctx.uid, ctx.gid)
+        fh, node = self.fs.create(parent_inode, name, mode, flags, ctx.uid, ctx.gid, ctx.umask)
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache), self.entry(node)
 
     @_handler
@@ -288,14 +320,16 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        return self.entry(self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+        return self.entry(
+            self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid, ctx.umask)
+        )
 
     @_handler
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        return self.entry(self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+        return self.entry(self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid, ctx.umask))
 
     @_handler
     async def symlink(
@@ -386,6 +420,12 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return self.fs.write(fh, off, buf)
+
+    @_handler
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        # Dispatched by a pyfuse3 that carries patches/pyfuse3 (FALLOCATE);
+        # with a stock one the kernel answers EOPNOTSUPP itself.
+        self.fs.fallocate(fh, mode, offset, length)
 
     @_handler
     async def flush(self, fh: int) -> None:
