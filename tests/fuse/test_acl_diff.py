@@ -10,8 +10,6 @@ upper must be the same too (what copy-up kept, what was inherited).
 from __future__ import annotations
 
 import os
-import pwd
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from tests.fuse.test_write_diff import mount_kernel, mount_unionfs
 from tests.support import pyfuse3_features
 from tests.support.kernel import TmpMounts
 from tests.support.stack import Dir, File, Layer, build_stack
+from tests.support.users import temporary_user
 
 pytestmark = [
     pytest.mark.mount,
@@ -74,17 +73,8 @@ class AclUser:
 @pytest.fixture
 def acl_user() -> Iterator[AclUser]:
     """A normal user made for the test, and removed after it."""
-    name = f"ufsacl{secrets.token_hex(3)}"
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        pw = pwd.getpwnam(name)
-        yield AclUser(name, pw.pw_uid, pw.pw_gid)
-    finally:
-        subprocess.run(["userdel", name], check=True, capture_output=True)
+    with temporary_user("ufsacl") as pw:
+        yield AclUser(pw.pw_name, pw.pw_uid, pw.pw_gid)
 
 
 def setup_script(user: AclUser) -> str:

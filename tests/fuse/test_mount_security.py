@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from tests.support.kernel import (
     mounts_under,
 )
 from tests.support.oci import Entry, Layer, directory, file
+from tests.support.users import temporary_user
 
 pytestmark = [
     pytest.mark.mount,
@@ -41,15 +41,8 @@ ID = Path(shutil.which("id") or "/usr/bin/id")
 @pytest.fixture
 def user() -> Iterator[str]:
     """A normal user made for the test, and removed after it."""
-    name = f"ufs{secrets.token_hex(4)}"
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        check=True,
-    )
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=True)
+    with temporary_user() as pw:
+        yield pw.pw_name
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import stat
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 
 from tests.support.kernel import TmpMounts, force_unmount, mounts_under
 from tests.support.tree import compare, snapshot
+from tests.support.users import temporary_user
 
 pytestmark = [
     pytest.mark.mount,
@@ -94,15 +94,8 @@ print(json.dumps(out))
 
 @pytest.fixture
 def user() -> Iterator[str]:
-    name = f"ufs{secrets.token_hex(4)}"
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        check=True,
-    )
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=True)
+    with temporary_user() as pw:
+        yield pw.pw_name
 
 
 @pytest.fixture
