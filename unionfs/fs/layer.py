@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,10 +117,12 @@ def is_xattr_whiteout(dirfd: int, name: bytes, st: os.stat_result) -> bool:
     return any(getxattr_at(dirfd, name, a) is not None for a in whiteout.WHITEOUT_XATTRS)
 
 
-def redirect_at(dirfd: int, name: bytes) -> bytes | None:
+def redirect_at(dirfd: int, name: bytes, names: Collection[bytes] | None = None) -> bytes | None:
     """The overlayfs redirect a child directory carries (one listxattr when it
-    has none), as stored: ``/a/b`` (absolute) or ``b`` (a sibling's name)."""
-    names = listxattr_at(dirfd, name)
+    has none), as stored: ``/a/b`` (absolute) or ``b`` (a sibling's name).
+    `names`: the child's xattr names, when the caller listed them already."""
+    if names is None:
+        names = listxattr_at(dirfd, name)
     for attr in whiteout.REDIRECT_XATTRS:
         if attr in names:
             value = getxattr_at(dirfd, name, attr)
@@ -154,9 +157,13 @@ def open_path(root_fd: int, parts: tuple[bytes, ...]) -> int:
     return fd if fd != root_fd else os.dup(root_fd)
 
 
-def is_opaque_dir(fd: int) -> bool:
-    """Whether the directory open as `fd` cuts off the layers below it."""
+def is_opaque_dir(fd: int, names: Collection[bytes] | None = None) -> bool:
+    """Whether the directory open as `fd` cuts off the layers below it.
+    `names`: its xattr names, when the caller listed them already (then only
+    an opaque xattr that is there is read)."""
     for attr in whiteout.OPAQUE_XATTRS:
+        if names is not None and attr not in names:
+            continue
         if fd_getxattr(fd, attr) == whiteout.OPAQUE_YES:
             return True
     return lstat_at(fd, whiteout.OCI_OPAQUE) is not None

@@ -75,14 +75,16 @@ class Listings(Core):
             ) -> bool:
                 if copy.layer == bottom:
                     return False  # nothing below: opacity changes nothing
-                if io.redirect_at(fds[copy.layer], name) is not None:
+                # One listxattr answers both the redirect and the opaque xattrs.
+                names = io.listxattr_at(fds[copy.layer], name)
+                if io.redirect_at(fds[copy.layer], name, names) is not None:
                     redirected.append(True)  # resolved again below, following it
                     return True
                 if below[copy.layer] == len(seen) - 1:
                     return False  # no copy below: opacity changes nothing
                 fd = io.open_dir_at(fds[copy.layer], name)
                 try:
-                    return io.is_opaque_dir(fd)
+                    return io.is_opaque_dir(fd, names)
                 finally:
                     os.close(fd)
 

@@ -118,9 +118,13 @@ class Search:
             return True
         if layer == self.bottom:
             return False  # nothing below the bottom layer to cut off
+        names: list[bytes] | None = None
         if self.path is None:
             pfd = self.core.dir_fd(self.parent, layer)
-            value = io.redirect_at(pfd, self.rel)  # one listxattr when there is none
+            # One listxattr answers both: the redirect, and whether an opaque
+            # xattr is there to read.
+            names = io.listxattr_at(pfd, self.rel)
+            value = io.redirect_at(pfd, self.rel, names)
             if value is None and layer == self.layers[-1]:
                 return False  # the bottom of the parent's stack, no redirect
             fd = io.open_dir_at(pfd, self.rel)
@@ -132,7 +136,7 @@ class Search:
         try:
             if self.path is not None:
                 value = io.redirect_at(fd, b".")
-            if io.is_opaque_dir(fd):
+            if io.is_opaque_dir(fd, names):
                 return True  # an opaque directory ignores its redirect
         finally:
             os.close(fd)

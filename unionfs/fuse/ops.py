@@ -18,6 +18,7 @@ import trio
 
 from unionfs.fs.events import setattr_reason
 from unionfs.fs.inodes import Node
+from unionfs.fs.owners import IDENTITY
 from unionfs.fs.vfs import UnionFS
 from unionfs.fs.xattrs import ACL_ACCESS_XATTR
 from unionfs.fuse.entryino import set_reported_ino
@@ -122,6 +123,9 @@ class Operations(pyfuse3.Operations):
         # opendir may return a FileInfo (patches/pyfuse3).
         self.cache_dirs = self.keep_cache and CACHE_DIRS
         self._locks: dict[int, trio.Lock] = {}  # per-inode, for copy-up and removal
+        # Owners are shown as stored unless uidmapping=/gidmapping=/squash_* ask
+        # otherwise: `entry` runs for every lookup, getattr and listed entry.
+        self._map_owners = fs.uids != IDENTITY or fs.gids != IDENTITY
 
     def entry(self, node: Node) -> pyfuse3.EntryAttributes:
         st = node.st
@@ -135,7 +139,11 @@ class Operations(pyfuse3.Operations):
         attr.attr_timeout = self.timeout
         attr.st_mode = st.st_mode
         attr.st_nlink = self.fs.link_count(node)
-        attr.st_uid, attr.st_gid = self.fs.shown_owner(st)
+        if self._map_owners:
+            attr.st_uid, attr.st_gid = self.fs.shown_owner(st)
+        else:
+            attr.st_uid = st.st_uid
+            attr.st_gid = st.st_gid
         attr.st_rdev = st.st_rdev
         attr.st_size = st.st_size
         attr.st_blksize = st.st_blksize
