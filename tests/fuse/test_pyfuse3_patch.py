@@ -16,7 +16,9 @@ their reason; the listing tests hold either way.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from importlib import metadata
 from pathlib import Path
 
 import pyfuse3
@@ -25,6 +27,7 @@ import pytest
 from tests.fuse.test_parity_diff import _fallocate
 from tests.fuse.test_write_diff import differential
 from tests.support import pyfuse3_features
+from tests.support.cli import REPO
 from tests.support.kernel import TmpMounts
 from tests.support.stack import Dir, File, HardLink, Layer, Whiteout, build_stack
 from unionfs.fuse import control, entryino, runstate
@@ -228,3 +231,21 @@ def test_reported_ino_is_apart_from_the_node_id() -> None:
     attr.st_ino = 42  # st_ino sets both, as before
     assert (attr.st_ino, attr.reported_ino) == (42, 42)
     assert entryino.API and entryino.SUPPORTED
+
+
+def test_the_test_environment_runs_the_patched_pyfuse3() -> None:
+    """scripts/test runs scripts/setup, which installs pyfuse3 built with every
+    patch in patches/pyfuse3 (version ``3.5.0+unionfs.<hash of the patches>``):
+    a build that fell back to a stock pyfuse3 would turn the feature tests above
+    into expected failures, so this one says so instead."""
+    patches = sorted((REPO / "patches" / "pyfuse3").glob("*.patch"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in patches)).hexdigest()[:12]
+    assert metadata.version("pyfuse3") == f"3.5.0+unionfs.{digest}"
+    assert all(
+        (
+            pyfuse3_features.FALLOCATE,
+            pyfuse3_features.DONT_MASK,
+            pyfuse3_features.CACHE_DIRS,
+            pyfuse3_features.REPORTED_INO,
+        )
+    )
