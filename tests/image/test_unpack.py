@@ -816,14 +816,17 @@ def _others_can_reach(path: Path) -> bool:
 @needs_root
 @pytest.mark.skipif(not _others_can_reach(REPO), reason=f"{REPO} is private to its owner")
 def test_unprivileged_unpack(nobody_dir: Path) -> None:
-    """As an ordinary user: device nodes skipped, owners not set, whiteouts kept
-    as OCI files, trusted.* refused with a warning, read-only dirs still filled."""
+    """As an ordinary user: owners and modes recorded in
+    user.containers.override_stat (a device node as an empty file recording
+    it), whiteouts kept as OCI files, trusted.* refused with a warning,
+    read-only dirs still filled."""
     (nobody_dir / "layer.tar").write_bytes(gz(make_tar([
         entry("dev/null", tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=3),
         folder("ro", mode=0o555),
         file("ro/f", b"x", mode=0o4755, uid=1000, gid=1000),
         file("ro/.wh.gone", mode=0),
         file("t", pax=xattr("trusted.x", b"1")),
+        file("forged", pax=xattr("user.containers.override_stat", b"0:0:04755:file")),
     ])))  # fmt: skip
     (nobody_dir / "layer").mkdir()
     os.chown(nobody_dir / "layer", 65534, 65534)
@@ -842,16 +845,35 @@ def test_unprivileged_unpack(nobody_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     root = nobody_dir / "layer"
+    # On disk: the user's own files, readable and writable by it, no set-id bits.
     assert describe(root) == {
-        "ro": ("dir", "0o555"),
-        "ro/f": ("file", b"x", "0o4755"),
+        "dev": ("dir", "0o755"),
+        "dev/null": ("file", b"", "0o666"),
+        "ro": ("dir", "0o755"),
+        "ro/f": ("file", b"x", "0o755"),
         "ro/.wh.gone": ("file", b"", "0o0"),
         "t": ("file", b"", "0o644"),
+        "forged": ("file", b"", "0o644"),
     }
     assert (root / "ro/f").stat().st_uid == 65534
+    recorded = {
+        p: os.getxattr(root / p, "user.containers.override_stat")
+        for p in ("dev/null", "ro", "ro/f", "t", "forged")
+    }
+    assert recorded == {
+        "dev/null": b"0:0:0666:char-1-3",
+        "ro": b"0:0:0555:dir",
+        "ro/f": b"1000:1000:04755:file",
+        "t": b"0:0:0644:file",
+        "forged": b"0:0:0644:file",  # the header's, not the one the tar carried
+    }
+    # The layer root carries one too: it marks a rootless layer.
+    assert os.getxattr(root, "user.containers.override_stat").startswith(b"65534:65534:0")
+    assert "user.containers.override_stat" not in os.listxattr(root / "ro/.wh.gone")
     assert result["warnings"] == [
-        "skipped device node dev/null: not root",
         "xattr trusted.x of t not set: Operation not permitted",
+        "dropped xattr user.containers.override_stat of forged: owners are recorded only"
+        " by a rootless unpack",
     ]
 
 

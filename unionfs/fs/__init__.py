@@ -13,6 +13,8 @@ commands (`unionfs.inspect`) reuse.
 - `upper`: the writable upper layer: whiteouts written, copy-up.
 - `events`: the event log and counters of what the filesystem does.
 - `owners`: owner mapping (fuse-overlayfs's uidmapping/gidmapping and squash).
+- `overridestat`: owners and modes a rootless layer records in
+  ``user.containers.override_stat``, and the stat a mount shows for them.
 - `core`, `listing`, `copyup`, `writes`, `xattrs`: the parts of `UnionFS`, one per
   concern (reading through the layers, directory listings, copy-up, namespace
   changes, extended attributes).

@@ -46,7 +46,8 @@ class CopyUps(Core):
             started = time.perf_counter()
             pfd = self.dir_fd(d.parent, 0)
             src = self.dir_fd(d, d.top_layer)
-            temp = upper.copy_dir(src, d.st, _pack(d.key))
+            # As it is on disk: a recorded owner travels in its xattr.
+            temp = upper.copy_dir(src, self.disk_stat(d), _pack(d.key))
             with _parent_times_kept(pfd):
                 upper.install(temp, pfd, d.name)
             source = d.top_layer
@@ -73,7 +74,7 @@ class CopyUps(Core):
         self.upper_dir(node.parent)
         started = time.perf_counter()
         lower_pfd = self.parent_fd(node)
-        st = node.st
+        st = self.disk_stat(node)  # a recorded owner and mode travel in their xattr
         origin = _pack(node.key)
         xattrs = read_xattrs(lower_pfd, node.name)
         if stat.S_ISREG(st.st_mode):

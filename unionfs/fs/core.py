@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from unionfs.fs import layer as io
-from unionfs.fs import whiteout
+from unionfs.fs import overridestat, whiteout
 from unionfs.fs.events import EventLog
 from unionfs.fs.inodes import (
     ROOT_INO,
@@ -115,6 +115,7 @@ class Core:
         sync: bool = True,
         uids: IdMap = IDENTITY,
         gids: IdMap = IDENTITY,
+        override_stat: bool = False,
     ) -> None:
         """`layers` top first; with `upper`, ``layers[0]`` is its (writable) layer.
         What the filesystem does (copy-ups, whiteouts, ...) is recorded in
@@ -123,7 +124,10 @@ class Core:
         redirect; redirects found in the layers are followed either way.
         `sync` false makes fsync a no-op (overlayfs's ``volatile``). `uids` and
         `gids` translate owners given to the writing calls into the owners
-        stored (`shown_owner` the other way)."""
+        stored (`shown_owner` the other way). `override_stat` reads every
+        layer's ``user.containers.override_stat`` (`overridestat`); without
+        it, they are read when a layer's root carries one (fuse-overlayfs's
+        rule), so a layer unpacked rootless shows its real owners."""
         if not layers:
             raise ValueError("at least one layer is needed")
         if upper is not None and upper.layer is not layers[0]:
@@ -133,13 +137,20 @@ class Core:
         self.redirect_dir = redirect_dir
         self.sync = sync
         self.uids, self.gids = uids, gids
+        self.record_owners = override_stat  # chown/chmod always go to the record
+        self.override_stat = override_stat or any(
+            io.fd_getxattr(la.root_fd, overridestat.XATTR) is not None for la in layers
+        )
         self.events = events if events is not None else EventLog()
         self._fds = DirFdCache(fd_cache_size)
         top = self.layers[0]
+        if self.override_stat and upper is not None:
+            _mark_upper(top.root_fd)
         root_st = os.fstat(top.root_fd)
         root_copies = tuple(Copy(la.index, Kind.DIR) for la in self.layers)
         root = Node(ROOT_INO, None, b"", root_copies, root_st, origin_key(top.fsid, root_st))
         self.inodes = InodeTable(root)
+        self.show_override(root)
         self._listings: dict[int, DirListing] = {}
         self._next_dir_fh = 1
         self._files: dict[int, Node] = {}  # fh (== the open descriptor) -> its node
@@ -316,6 +327,7 @@ class Core:
             copies = self._stacks.setdefault(copies, copies)
             node = Node(ino, parent, name, copies, st, key)
             node.where = where
+            self.show_override(node)
             return self.inodes.intern(node) if intern else node
         if known.unlinked or known.copies[0].layer != copies[0].layer:
             # A name the kernel still holds was removed and this entry took its
@@ -330,6 +342,7 @@ class Core:
                 known.where = where
             known.set_st(st)  # fresher than what the node had: upper entries change
             known.add_link(parent, name)
+        self.show_override(known)
         return known
 
     def _check_name(self, name: bytes) -> None:
@@ -477,7 +490,50 @@ class Core:
             st = io.lstat_at(self.parent_fd(node), node.name)
             if st is not None:
                 node.set_st(st)
+        self.show_override(node)
         return node
+
+    # -- recorded owners (rootless layers) -------------------------------------------
+
+    def override_value(self, node: Node) -> bytes | None:
+        """The ``user.containers.override_stat`` of `node`'s top copy (None:
+        not set, or this mount does not read them)."""
+        if not self.override_stat:
+            return None
+        layer = node.top_layer
+        if node.parent is None:
+            return io.fd_getxattr(self.layers[layer].root_fd, overridestat.XATTR)
+        if node.unlinked:
+            return io.fd_getxattr(node.open_fds[0], overridestat.XATTR) if node.open_fds else None
+        loc = node.location(layer)
+        if isinstance(loc, tuple):
+            return io.fd_getxattr(self.dir_fd(node, layer), overridestat.XATTR)
+        return io.getxattr_at(self.dir_fd(node.parent, layer), loc, overridestat.XATTR)
+
+    def show_override(self, node: Node) -> None:
+        """Turn `node.st` (a fresh lstat of its top copy) into the stat shown:
+        the owner and mode its override records, if any."""
+        if self.override_stat and overridestat.may_carry(node.st):
+            value = self.override_value(node)
+            if value is not None:
+                node.set_st(overridestat.shown(node.st, value))
+
+    def disk_stat(self, node: Node) -> StatLike:
+        """The lstat of `node`'s top copy as it is on disk (`node.st` is what
+        the mount shows; they differ where an override records another owner)."""
+        if not self.override_stat:
+            return node.st
+        if node.parent is None:
+            return os.fstat(self.layers[node.top_layer].root_fd)
+        if node.unlinked and node.open_fds:
+            return os.fstat(node.open_fds[0])
+        loc = node.location(node.top_layer)
+        if isinstance(loc, tuple):
+            return os.fstat(self.dir_fd(node, node.top_layer))
+        st = io.lstat_at(self.dir_fd(node.parent, node.top_layer), loc)
+        if st is None:
+            raise _err(errno.ENOENT)
+        return st
 
     def getattr(self, ino: int) -> Node:
         return self.refresh(self.node(ino))
@@ -488,6 +544,15 @@ class Core:
 
 
 _U64 = (1 << 64) - 1
+
+
+def _mark_upper(fd: int) -> None:
+    """Mark the upper layer as one whose records count (its root records
+    itself as it is), so that fuse-overlayfs reads them too."""
+    try:
+        overridestat.mark(fd)
+    except OSError as e:
+        log.warning("upper layer not marked as one with recorded owners: %s", e.strerror)
 
 
 def mount_path(node: Node, name: bytes = b"") -> str:

@@ -68,16 +68,24 @@ _TRUSTED = b"trusted.overlay."
 _ESCAPED = b"trusted.overlay.overlay."
 
 
+#: A rootless layer's record of an entry's real owner and mode
+#: (`unionfs.fs.overridestat`): hidden like the overlay's own, but copied up
+#: with the entry (it is not in PRIVATE_XATTR_PREFIXES).
+OVERRIDE_STAT_XATTR = b"user.containers.override_stat"
+
+
 def visible_xattr(stored: bytes) -> bytes | None:
     """The name a stored attribute has through the mount (None: hidden)."""
     if stored.startswith(_ESCAPED):
         return _TRUSTED + stored[len(_ESCAPED) :]
-    return None if is_private_xattr(stored) else stored
+    return None if is_private_xattr(stored) or stored == OVERRIDE_STAT_XATTR else stored
 
 
 def stored_xattr(visible: bytes) -> bytes | None:
     """Where an attribute named through the mount is stored (None: refused,
-    for the unescaped user.overlay.* bookkeeping names)."""
+    for the unescaped user.overlay.* bookkeeping names and the override record)."""
     if visible.startswith(_TRUSTED):
         return _ESCAPED + visible[len(_TRUSTED) :]
+    if visible == OVERRIDE_STAT_XATTR:
+        return None
     return None if is_private_xattr(visible) else visible

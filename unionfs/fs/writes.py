@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable
 
 from unionfs.fs import layer as io
-from unionfs.fs import whiteout
+from unionfs.fs import overridestat, whiteout
 from unionfs.fs.copyup import CopyUps
 from unionfs.fs.core import _err, mount_path
 from unionfs.fs.events import file_type, setattr_reason
@@ -469,6 +469,9 @@ class Writes(CopyUps, Listings):
         # An fd (the root, an unlinked open file) is the entry itself: the
         # *at-less calls refuse follow_symlinks=False with one.
         nofollow = not isinstance(target, int)
+        if (uid is not None or gid is not None or mode is not None) and self._record_owner(node):
+            self._write_override(node, target, uid, gid, mode)
+            uid = gid = mode = None
         if uid is not None or gid is not None:
             os.chown(target, -1 if uid is None else uid, -1 if gid is None else gid,
                      follow_symlinks=not nofollow)  # fmt: skip
@@ -480,6 +483,35 @@ class Writes(CopyUps, Listings):
                                  cur.st_mtime_ns if mtime_ns is None else mtime_ns),
                      follow_symlinks=not nofollow)  # fmt: skip
         return self.refresh(node)
+
+    def _record_owner(self, node: Node) -> bool:
+        """Whether a chown or chmod of `node` (copied up) goes to its
+        ``user.containers.override_stat`` instead of the file: on a mount that
+        reads them, for a file or directory that has one, or always where the
+        daemon is not root (it could not give the file another owner) or the
+        mount asked for it (``xattr_permissions=``, as fuse-overlayfs)."""
+        if not self.override_stat or not overridestat.may_carry(self.disk_stat(node)):
+            return False
+        if self.record_owners or os.geteuid() != 0:
+            return True
+        return self.override_value(node) is not None
+
+    def _write_override(
+        self, node: Node, target: bytes | int, uid: int | None, gid: int | None,
+        mode: int | None,
+    ) -> None:  # fmt: skip
+        """Record a new owner and mode over the ones the mount shows now. A
+        change of owner clears the set-id bits, as chown(2) does."""
+        cur = self.refresh(node).st
+        new_uid = cur.st_uid if uid is None or uid == -1 else uid
+        new_gid = cur.st_gid if gid is None or gid == -1 else gid
+        bits = stat.S_IMODE(cur.st_mode) if mode is None else stat.S_IMODE(mode)
+        if mode is None and (new_uid, new_gid) != (cur.st_uid, cur.st_gid):
+            bits &= ~(stat.S_ISUID | stat.S_ISGID)
+        value = overridestat.format_value(new_uid, new_gid, stat.S_IFMT(cur.st_mode) | bits,
+                                          cur.st_rdev)  # fmt: skip
+        os.setxattr(target, overridestat.XATTR, value, follow_symlinks=isinstance(target, int))
+        node.xattr_names = None
 
 
 def _has_lower_dir(node: Node) -> bool:

@@ -13,7 +13,7 @@ Decisions on entries the tar format allows but a layer should not hold:
 * an entry under a symlink of the same layer, a ``..`` escape, a hard link to
   a path outside the layer or not yet unpacked, a path longer than PATH_MAX:
   the layer is refused;
-* device nodes when not root, unknown entry types, ``user.overlay.*``
+* unknown entry types, ``user.overlay.*``
   attributes (a layer must not forge overlay bookkeeping), attributes the
   filesystem or our privileges refuse: skipped with a warning. A file's own
   ``trusted.overlay.X`` is stored escaped as ``trusted.overlay.overlay.X``, as
@@ -32,6 +32,8 @@ A whiteout hides the lower layers' NAME; within one layer the later entry wins:
   lower layers: a non-directory hides them anyway, and a directory is made
   opaque, so no lower content shows through it).
 
+Not root, owners and modes are recorded in xattrs instead (`unionfs.fs.overridestat`).
+
 Ownership, modes and times of directories are applied after the last entry,
 deepest first: children change a directory's mtime, and a read-only directory
 must stay writable while it is being filled.
@@ -40,6 +42,7 @@ must stay writable while it is being filled.
 from __future__ import annotations
 
 import collections
+import contextlib
 import decimal
 import errno
 import io
@@ -50,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar, cast
 
-from unionfs.fs import whiteout
+from unionfs.fs import overridestat, whiteout
 from unionfs.fs.layer import DIR_FLAGS, NAME_MAX, child_path, lstat_at
 from unionfs.fs.treewalk import remove_tree_at
 from unionfs.image.decompress import CHUNK, Refused
@@ -209,7 +212,7 @@ class Tree:
     def _file(self, parts: _Parts, shown: str, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         parent = self._walk(parts[:-1], shown)
         name = parts[-1]
-        fd = self._replace(parent, parts, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent))
+        fd = self._replace(parent, parts, lambda: os.open(name, _FILE_FLAGS, 0, dir_fd=parent))
         try:
             data = tar.extractfile(info)
             if data is not None and info.sparse is not None:
@@ -222,9 +225,12 @@ class Tree:
                         view = view[os.write(fd, view) :]
             st = os.fstat(fd)
             self._size += st.st_size
-            if (st.st_uid, st.st_gid) != (info.uid, info.gid):
+            if not self.is_root:
+                self._record(fd, shown, info.uid, info.gid, stat.S_IFREG | info.mode & 0o7777)
+            elif (st.st_uid, st.st_gid) != (info.uid, info.gid):
                 self._set_owner(shown, info.uid, info.gid, fd=fd)
-            os.chmod(fd, info.mode & 0o7777)
+            if self.is_root:
+                os.chmod(fd, info.mode & 0o7777)
             self._set_xattrs(info, shown, fd=fd)
             self._set_times(shown, _mtime_ns(info), fd=fd)
         finally:
@@ -306,9 +312,6 @@ class Tree:
 
     def _device(self, parts: _Parts, shown: str, info: tarfile.TarInfo) -> None:
         kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK
-        if not self.is_root:
-            self.warn(f"skipped device node {shown}: not root")
-            return
         parent = self._walk(parts[:-1], shown)
         name = parts[-1]
         try:
@@ -317,6 +320,15 @@ class Tree:
             raise Refused(
                 f"device node {shown}: device {info.devmajor},{info.devminor} is out of range"
             ) from None
+        if not self.is_root:  # no mknod: an empty file recording the device
+            name = parts[-1]
+            fd = self._replace(parent, parts, lambda: os.open(name, _FILE_FLAGS, 0, dir_fd=parent))
+            try:
+                self._record(fd, shown, info.uid, info.gid, kind | info.mode & 0o7777, device)
+                self._set_times(shown, _mtime_ns(info), fd=fd)
+            finally:
+                os.close(fd)
+            return
         try:
             self._replace(
                 parent, parts, lambda: os.mknod(name, kind | 0o600, device, dir_fd=parent)
@@ -369,7 +381,7 @@ class Tree:
         """An OCI whiteout or opaque marker: an empty file with the entry's owner,
         mode and time (its data, if a writer gave it any, is not kept)."""
         name = parts[-1]
-        fd = self._replace(parent, parts, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent))
+        fd = self._replace(parent, parts, lambda: os.open(name, _FILE_FLAGS, 0, dir_fd=parent))
         try:
             self._set_owner(shown, info.uid, info.gid, fd=fd)
             os.chmod(fd, info.mode & 0o7777)
@@ -492,10 +504,16 @@ class Tree:
                 fd = self._walk(parts, shown, create=False)
             except _Missing:
                 continue  # removed or replaced by a later entry
-            self._set_owner(shown, meta.uid, meta.gid, fd=fd)
-            os.chmod(fd, meta.mode)
+            if self.is_root:
+                self._set_owner(shown, meta.uid, meta.gid, fd=fd)
+                os.chmod(fd, meta.mode)
+            else:
+                self._record(fd, shown, meta.uid, meta.gid, stat.S_IFDIR | meta.mode)
             if meta.mtime_ns is not None:
                 self._set_times(shown, meta.mtime_ns, fd=fd)
+        if not self.is_root:
+            with contextlib.suppress(OSError):  # no user xattrs: warned of already
+                overridestat.mark(self.root_fd)
 
     def close(self) -> None:
         while self._cache:
@@ -520,6 +538,16 @@ class Tree:
             if e.errno not in _SOFT_CHOWN_ERRORS:
                 raise
             self.warn(f"owner {uid}:{gid} of {shown} not set: {e.strerror}")
+
+    def _record(self, fd: int, shown: str, uid: int, gid: int, mode: int, rdev: int = 0) -> None:
+        """Owner and mode (type bits included) recorded (no user xattrs: the mode alone)."""
+        try:
+            overridestat.record(fd, uid, gid, mode, rdev)
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            self.warn(f"owner {uid}:{gid} of {shown} not kept: {e.strerror}")
+            os.chmod(fd, stat.S_IMODE(mode))
 
     def _set_times(
         self, shown: str, mtime_ns: int, *, fd: int | None = None,
@@ -551,8 +579,10 @@ class Tree:
             # trusted.overlay.X): it can never act as overlay bookkeeping.
             stored = whiteout.stored_xattr(attr)
             if stored is None:
-                self.warn(f"dropped xattr {show(attr)} of {shown}: overlay attributes"
-                          " come only from whiteout entries")  # fmt: skip
+                why = ("owners are recorded only by a rootless unpack"
+                       if attr == overridestat.XATTR
+                       else "overlay attributes come only from whiteout entries")  # fmt: skip
+                self.warn(f"dropped xattr {show(attr)} of {shown}: {why}")
                 continue
             attr = stored
             try:

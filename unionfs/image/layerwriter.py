@@ -43,6 +43,8 @@ it (`unionfs.whiteout`):
   it: OCI layers have no redirects, so the new name carries the merged content
   of every layer (read through a read-only `UnionFS` over the upper and the
   `lowers`), and is opaque; the old name is a whiteout like any other;
+* a rootless layer's ``user.containers.override_stat`` gives the entry's
+  owner, mode and type (`unionfs.fs.overridestat`) and is not written;
 * overlay attributes (``trusted.overlay.*``, ``user.overlay.*``) are dropped,
   except the escaped ``trusted.overlay.overlay.X``, which is what the mount
   showed as ``trusted.overlay.X`` and is written under that name.
@@ -71,8 +73,8 @@ from typing import BinaryIO
 import zstandard
 
 from unionfs.errors import UnionfsError
-from unionfs.fs import whiteout
-from unionfs.fs.inodes import Node
+from unionfs.fs import overridestat, whiteout
+from unionfs.fs.inodes import Node, StatLike
 from unionfs.fs.layer import (
     DIR_FLAGS,
     Layer,
@@ -460,10 +462,14 @@ class _Walker:
 
     def _entry(self, frame: _Frame, child: _Child) -> _Frame | None:
         """Write one entry; a directory's frame to descend into, else None."""
-        st, path = child.st, frame.path + child.name
+        path = frame.path + child.name
         if child.is_whiteout:
-            self._marker(path, st)
+            self._marker(path, child.st)
             return None
+        st: StatLike = child.st
+        parent = child.dirfd if child.dirfd is not None else frame.fd
+        if overridestat.may_carry(st):  # a rootless layer's recorded owner and mode
+            st = overridestat.shown(st, getxattr_at(parent, child.source, overridestat.XATTR))
         kind = stat.S_IFMT(st.st_mode)
         if kind == stat.S_IFSOCK:
             self.warnings.append(f"skipped socket {_show(path)}: a layer cannot hold sockets")
@@ -475,7 +481,6 @@ class _Walker:
             path, _TYPES[kind], stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
             mtime_ns=st.st_mtime_ns,
         )  # fmt: skip
-        parent = child.dirfd if child.dirfd is not None else frame.fd
         if kind == stat.S_IFDIR:
             return self._directory(parent, child, header)
         if st.st_nlink > 1:

@@ -35,9 +35,9 @@ from typing import Literal
 
 from unionfs.errors import UnionfsError
 from unionfs.fs import layer as io
-from unionfs.fs import whiteout
+from unionfs.fs import overridestat, whiteout
 from unionfs.fs.events import file_type, whiteout_form
-from unionfs.fs.inodes import ROOT_INO, Node, origin_key
+from unionfs.fs.inodes import ROOT_INO, Node, StatLike, origin_key
 from unionfs.fs.layer import Layer
 from unionfs.fs.merge import Kind, Location, Resolution, Stop
 from unionfs.fs.upper import read_origin, unpack_origin
@@ -110,7 +110,7 @@ class _Name:
     path: bytes
     res: Resolution | None
     copies: list[CopyInfo]
-    stats: dict[int, os.stat_result]
+    stats: dict[int, StatLike]
     dir_fds: dict[int, int] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -235,7 +235,7 @@ class StackView:
         if here.node is not None and not reserved:
             res, _ = self.fs.resolve_child(here.node, name)
         out = _Name(path, res, [], {})
-        found: list[tuple[int, Kind, os.stat_result | None, str | None, str | None]] = []
+        found: list[tuple[int, Kind, StatLike | None, str | None, str | None]] = []
         # A renamed directory's lower copies are where its redirect leads.
         moved = dict(res.where) if res is not None else {}
         try:
@@ -244,17 +244,21 @@ class StackView:
                               moved.get(index)) as (fd, own):  # fmt: skip
                     if fd is None:
                         continue
-                    copy, st = io.observe(index, fd, own)
+                    copy, st0 = io.observe(index, fd, own)
+                    st: StatLike | None = st0
                     form = opaque = None
                     if copy.kind is Kind.ABSENT:
                         continue
                     if copy.kind is Kind.WHITEOUT:
-                        form = _whiteout_form(fd, own, st)
+                        form = _whiteout_form(fd, own, st0)
                     elif copy.kind is Kind.DIR:
                         dfd = io.open_dir_at(fd, own)
                         out.dir_fds[index] = dfd
                         opaque = _opaque_form(dfd)
                     if st is not None and copy.kind is not Kind.WHITEOUT:
+                        if self.fs.override_stat and overridestat.may_carry(st):
+                            value = io.getxattr_at(fd, own, overridestat.XATTR)
+                            st = overridestat.shown(st, value)  # a rootless layer's owner
                         out.stats[index] = st
                     found.append((index, copy.kind, st, form, opaque))
             forms = {index: form or opaque for index, _, _, form, opaque in found}
@@ -381,7 +385,7 @@ class StackView:
                 CopyInfo(la.index, "directory", "visible" if la.index == 0 else "merged",
                          mode=stat.S_IMODE(st.st_mode), size=st.st_size)
             )  # fmt: skip
-        top = os.fstat(self._layers[0].root_fd)
+        top = self.fs.inodes.root.st  # with a recorded owner and mode
         return Explanation(self.stack, "/", "visible", tuple(copies), _attrs(top, None), 0)
 
     def _explanation(
@@ -621,7 +625,7 @@ def _opaque_layer(res: Resolution | None) -> int | None:
     return res.stopped_by.layer
 
 
-def _attrs(st: os.stat_result, target: str | None) -> Attrs:
+def _attrs(st: StatLike, target: str | None) -> Attrs:
     mode = st.st_mode
     rdev = None
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
