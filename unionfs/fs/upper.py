@@ -19,6 +19,10 @@ upper. A daemon that is not root cannot write ``trusted.*``: it records the
 origin in ``user.overlay.unionfs.origin`` (hidden the same way, like overlayfs's
 ``userxattr`` bookkeeping), on directories and regular files only, as the
 kernel allows ``user.*`` on nothing else. Both names are read.
+
+With ``userxattr`` (`Upper.open`) a root daemon writes its bookkeeping (origin,
+opacity, redirects) in ``user.overlay.*`` too, as kernel overlayfs mounted with
+``userxattr`` does, so that such a mount can take the upper over.
 """
 
 import contextlib
@@ -87,12 +91,19 @@ class Upper:
     #: Where copies record their origin: ``trusted.*`` needs CAP_SYS_ADMIN in
     #: the initial user namespace (root in a user namespace has not got it).
     origin_xattr: bytes = ORIGIN_XATTR
+    #: Bookkeeping goes to ``user.overlay.*``: asked for (``userxattr``) or
+    #: ``trusted.*`` cannot be written. Invariant: ``origin_xattr`` agrees.
+    user_xattrs: bool = False
 
     @classmethod
-    def open(cls, layer: Layer, work: Path, *, oci_whiteouts: bool) -> "Upper":
+    def open(
+        cls, layer: Layer, work: Path, *, oci_whiteouts: bool, userxattr: bool = False
+    ) -> "Upper":
         """Open the work dir (a private subdirectory of `work`), clearing what
         an earlier, interrupted mount left there. Refuses an upper or work dir
-        that another mount is using (each is locked for the life of the mount)."""
+        that another mount is using (each is locked for the life of the mount).
+        `userxattr`: write bookkeeping as ``user.overlay.*`` even where
+        ``trusted.*`` could be written (overlayfs's ``userxattr``)."""
         base = os.open(work, io.DIR_FLAGS)
         try:
             if os.fstat(base).st_dev != layer.dev:
@@ -108,8 +119,9 @@ class Upper:
             os.close(base)
             raise
         upper = cls(layer, work_fd, oci_whiteouts or not _can_make_whiteouts(work_fd), base)
-        if not _can_write_trusted(work_fd):
+        if userxattr or not _can_write_trusted(work_fd):
             upper.origin_xattr = USER_ORIGIN_XATTR
+            upper.user_xattrs = True
         return upper
 
     def close(self) -> None:
@@ -194,13 +206,14 @@ class Upper:
 
     def make_opaque(self, fd: int) -> None:
         """Mark an upper directory opaque with the overlayfs xattr
-        (``trusted.overlay.opaque=y``, ``user.overlay.opaque=y`` where
-        ``trusted.*`` cannot be written), and in the OCI-whiteout mode also with
+        (``trusted.overlay.opaque=y``, ``user.overlay.opaque=y`` with
+        ``userxattr`` or where ``trusted.*`` cannot be written), and in the
+        OCI-whiteout mode also with
         a ``.wh..wh..opq`` entry. Never the entry beside the xattr in the
         overlayfs mode: kernel overlayfs mounting the upper would list it.
         Exported layers get the entry from the xattr (`layerwriter`)."""
         try:
-            if os.geteuid() != 0:
+            if os.geteuid() != 0 or self.user_xattrs:
                 raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
             os.setxattr(fd, whiteout.OPAQUE_XATTRS[0], whiteout.OPAQUE_YES)
         except PermissionError:

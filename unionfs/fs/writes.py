@@ -411,9 +411,10 @@ class Writes(CopyUps, Listings):
 
     def upper_redirect(self, fd: int, value: bytes) -> None:
         """Write a redirect on an upper directory (``trusted.overlay.redirect``,
-        ``user.overlay.redirect`` where ``trusted.*`` cannot be written)."""
+        ``user.overlay.redirect`` with ``userxattr`` or where ``trusted.*``
+        cannot be written)."""
         try:
-            if os.geteuid() != 0:
+            if os.geteuid() != 0 or (self.upper is not None and self.upper.user_xattrs):
                 raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
             os.setxattr(fd, whiteout.REDIRECT_XATTRS[0], value)
         except PermissionError:

@@ -5,7 +5,8 @@ the mount; a ``trusted.overlay.X`` set through the mount is stored escaped, as
 overlayfs does for nested overlays (`unionfs.fs.whiteout`). The visible names
 of an entry are cached in its node until it changes. Setting or removing copies
 the entry up first; removing a name a lower entry lacks fails before any
-copy-up, as overlayfs.
+copy-up, as overlayfs. The ids inside POSIX ACLs are translated with the
+mount's owner mapping (`unionfs.fs.owners.acl_shown`/`acl_stored`).
 """
 
 import errno
@@ -16,6 +17,7 @@ from unionfs.fs import layer as io
 from unionfs.fs import whiteout
 from unionfs.fs.copyup import CopyUps
 from unionfs.fs.core import _err
+from unionfs.fs.owners import ACL_XATTRS, acl_shown, acl_stored
 
 #: A file's access POSIX ACL.
 ACL_ACCESS_XATTR = b"system.posix_acl_access"
@@ -55,10 +57,14 @@ class Xattrs(CopyUps):
         assert stored is not None  # listed names always have a stored form
         node = self.node(ino)
         if node.parent is None:
-            return io.fd_getxattr(self.dir_fd(node, node.top_layer), stored)
-        if node.unlinked:
-            return io.fd_getxattr(next(iter(node.open_fds)), stored) if node.open_fds else None
-        return io.getxattr_at(self.parent_fd(node), node.name, stored)
+            value = io.fd_getxattr(self.dir_fd(node, node.top_layer), stored)
+        elif node.unlinked:
+            value = io.fd_getxattr(next(iter(node.open_fds)), stored) if node.open_fds else None
+        else:
+            value = io.getxattr_at(self.parent_fd(node), node.name, stored)
+        if value is not None and name in ACL_XATTRS:
+            return acl_shown(value, self.uids, self.gids)
+        return value
 
     def setxattr(
         self,
@@ -76,6 +82,11 @@ class Xattrs(CopyUps):
         stored = whiteout.stored_xattr(name)
         if stored is None:
             raise _err(errno.EPERM)
+        if name in ACL_XATTRS:
+            mapped = acl_stored(value, self.uids, self.gids)
+            if mapped is None:
+                raise _err(errno.EINVAL)
+            value = mapped
         node = self.node(ino)
         self._need_upper()
         self.copy_up(node, "setxattr")
@@ -89,6 +100,12 @@ class Xattrs(CopyUps):
             st = os.stat(target, follow_symlinks=follow)
             if st.st_mode & stat.S_ISGID and st.st_gid not in caller_groups:
                 os.chmod(target, stat.S_IMODE(st.st_mode) & ~stat.S_ISGID, follow_symlinks=follow)
+
+    def check_settable(self, name: bytes, value: bytes) -> None:
+        """EINVAL for an ACL naming an id the owner mapping cannot store,
+        before (and instead of) any copy-up, as the kernel checks first."""
+        if name in ACL_XATTRS and acl_stored(value, self.uids, self.gids) is None:
+            raise _err(errno.EINVAL)
 
     def check_removable(self, ino: int, name: bytes) -> None:
         """ENODATA for removing an attribute a lower entry lacks, before (and
