@@ -1334,6 +1334,27 @@ def user_denied(m: Path) -> object:
     ).split()
 
 
+def user_write_clears_setid(m: Path) -> object:
+    # The writer lacks CAP_FSETID: the kernel drops setuid, and setgid of a
+    # group-executable file, on write (file_remove_privs), here through the
+    # page cache as well.
+    os.chmod(m / "data/exec", 0o6777)
+    out = as_user(
+        m,
+        "f = os.open('data/exec', os.O_WRONLY)\n"
+        "os.pwrite(f, b'#', 0)\n"
+        "print(oct(os.fstat(f).st_mode & 0o7777))\n"
+        "os.close(f)\n",
+    )
+    return out, meta(m / "data/exec"), (m / "data/exec").read_bytes()
+
+
+def user_truncate_clears_setid(m: Path) -> object:
+    os.chmod(m / "data/exec", 0o6777)
+    out = as_user(m, "os.truncate('data/exec', 3)\nprint(oct(os.stat('data/exec').st_mode))\n")
+    return out, meta(m / "data/exec"), (m / "data/exec").read_bytes()
+
+
 def user_writes_own_file(m: Path) -> object:
     out = as_user(
         m,
@@ -1505,6 +1526,8 @@ OPERATIONS: dict[str, Op] = {
     "cp -a of a lower hard-link pair": cp_archive_hard_links,
     # ownership and permissions
     "create as uid 1000": create_as_user,
+    "write as uid 1000 clears setuid and setgid": user_write_clears_setid,
+    "truncate as uid 1000 clears setuid and setgid": user_truncate_clears_setid,
     "create as uid 1000 in a setgid dir": create_as_user_in_setgid_dir,
     "uid 1000 denied on root's files": user_denied,
     "uid 1000 writes its own lower file": user_writes_own_file,

@@ -86,6 +86,15 @@ class Operations(pyfuse3.Operations):
     """Request handlers of a union mount (writable when it has an upper layer)."""
 
     supports_dot_lookup = True
+    # FUSE_WRITEBACK_CACHE (``-o writeback=1``; read by pyfuse3 at INIT): the
+    # kernel keeps written data in its page cache and sends it in large WRITEs
+    # (at the latest on fsync and close), keeps size, mtime and ctime itself
+    # and sends them in SETATTR, and appends at the size it knows. So a file
+    # opened write-only is opened read-write on the layer (the kernel reads the
+    # pages a partial write fills), and O_APPEND is never passed on
+    # (`UnionFS.open`). Off by default: the kernel then never takes mtime from
+    # the daemon, and a truncate(2) to the current size leaves it as it was,
+    # where overlayfs over ext4 or tmpfs sets it.
     enable_writeback_cache = False
     # FUSE_POSIX_ACL: the kernel checks the layers' POSIX ACLs (read through
     # getxattr, then cached with the inode) besides the mode bits, as overlayfs
@@ -105,10 +114,12 @@ class Operations(pyfuse3.Operations):
         debug: bool = False,
         cache_timeout: float = IMMUTABLE_TIMEOUT,
         acl: bool = True,
+        writeback: bool = False,
     ) -> None:
         super().__init__()
         self.fs = fs
         self.enable_acl = acl  # read by pyfuse3 when the kernel's INIT arrives
+        self.enable_writeback_cache = writeback and fs.writable
         self.requests = fs.events.requests  # requests by type, counted by `_handler`
         self.debug = debug
         # With a timeout of 0 the kernel caches nothing: every access asks the
@@ -226,12 +237,20 @@ class Operations(pyfuse3.Operations):
 
     # -- files -----------------------------------------------------------------
 
+    def _layer_flags(self, flags: int) -> int:
+        """The flags to open the layer file with: read-write where the kernel
+        caches writes and may read pages of a file opened write-only."""
+        if self.enable_writeback_cache and flags & os.O_ACCMODE == os.O_WRONLY:
+            return flags & ~os.O_ACCMODE | os.O_RDWR
+        return flags
+
     @_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & _WRITE_FLAGS:
             self._writable()
             await self._copy_up(self.fs.node(inode), "write")
-        return pyfuse3.FileInfo(fh=self.fs.open(inode, flags), keep_cache=self.keep_cache)
+        fh = self.fs.open(inode, self._layer_flags(flags))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache)
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -320,7 +339,9 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
-        fh, node = self.fs.create(parent_inode, name, mode, flags, ctx.uid, ctx.gid, ctx.umask)
+        fh, node = self.fs.create(
+            parent_inode, name, mode, self._layer_flags(flags), ctx.uid, ctx.gid, ctx.umask
+        )
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_cache), self.entry(node)
 
     @_handler
@@ -366,10 +387,15 @@ class Operations(pyfuse3.Operations):
             # No copy-up of it is under way, and nothing runs between the peek
             # and the removal: the peeked node is still the one to remove.
             self.fs.unlink(parent_inode, name, victim)
-            return
-        async with self._lock(victim.ino):
-            self.fs.unlink(parent_inode, name)
-        self._unlock_done(victim.ino)
+        else:
+            async with self._lock(victim.ino):
+                self.fs.unlink(parent_inode, name)
+            self._unlock_done(victim.ino)
+        if self.enable_writeback_cache and (victim.open_fds or victim.st.st_nlink > 1):
+            # The kernel lowered its cached link count, and with the writeback
+            # cache it would keep it: a lower file still open keeps its link
+            # (as on overlayfs), so what the daemon reports must win.
+            self._forget_attributes(victim.ino)
 
     @_handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -406,13 +432,23 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         self._writable()
+        times_only = not (
+            fields.update_size or fields.update_uid or fields.update_gid or fields.update_mode
+        )
+        node = self.fs.node(inode)
+        if times_only and node.unlinked and (self.fs.needs_copy_up(node) or not node.open_fds):
+            # With FUSE_WRITEBACK_CACHE the kernel writes back the ctime it
+            # gave a file it just unlinked: a file without a name that nothing
+            # holds open (or a lower one, which has nothing to copy up to) keeps
+            # no times that anything could read again.
+            return self.entry(node)
         reason = setattr_reason(
             size=fields.update_size,
             owner=fields.update_uid or fields.update_gid,
             mode=fields.update_mode,
             times=fields.update_atime or fields.update_mtime or fields.update_ctime,
         )
-        await self._copy_up(self.fs.node(inode), reason)
+        await self._copy_up(node, reason)
         node = self.fs.setattr(
             inode,
             fh,
@@ -437,7 +473,12 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def flush(self, fh: int) -> None:
-        pass  # data goes straight to the layer file; nothing is buffered here
+        # Nothing to do on close: data goes straight to the layer file and the
+        # daemon keeps no POSIX locks (the kernel keeps them itself). ENOSYS
+        # makes the kernel stop sending FLUSH for the rest of the mount
+        # (`fc->no_flush`), one request less per close; it still writes dirty
+        # pages back on close, and close(2) never sees this error.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_handler
     async def fsync(self, fh: int, datasync: bool) -> None:
