@@ -109,7 +109,7 @@ def test_podman_option_string_with_empty_option_and_trailing_comma() -> None:
         "xattr_permissions=0", "xattr_permissions=1", "xattr_permissions=2", "index=off",
         "index=on", "redirect_dir=off", "metacopy=off", "metacopy=on", "timeout=0",
         "timeout=1.5", "threaded=0", "threaded=1", "debug", "fsync=0", "fsync=1", "volatile",
-        "fast_ino=1", "writeback=0",
+        "fast_ino=1", "writeback=0", "writeback=1",
     ],
 )  # fmt: skip
 def test_every_fuse_overlayfs_option_is_accepted(opt: str) -> None:
@@ -117,10 +117,10 @@ def test_every_fuse_overlayfs_option_is_accepted(opt: str) -> None:
 
 
 def test_options_that_act() -> None:
-    cfg = build_config([], "/m", ["lowerdir=/a,fsync=0,timeout=2.5,debug"])
-    assert (cfg.fsync, cfg.cache_timeout, cfg.debug) == (False, 2.5, True)
+    cfg = build_config([], "/m", ["lowerdir=/a,fsync=0,timeout=2.5,debug,writeback=1"])
+    assert (cfg.fsync, cfg.cache_timeout, cfg.debug, cfg.writeback) == (False, 2.5, True, True)
     default = build_config([], "/m", ["lowerdir=/a"])
-    assert (default.fsync, default.debug) == (True, False)
+    assert (default.fsync, default.debug, default.writeback) == (True, False, False)
     assert default.uids.identity and default.gids.identity
     root = build_config([], "/m", ["lowerdir=/a,squash_to_root"])
     assert (root.uids.shown(1234), root.gids.shown(99)) == (0, 0)
@@ -140,6 +140,7 @@ def test_id_mapping_both_ways() -> None:
     ("opt", "message"),
     [
         ("fsync=2", "fsync=2: give 0 or 1"),
+        ("writeback=2", "writeback=2: give 0 or 1"),
         ("timeout=soon", "timeout=soon: give a number of seconds"),
         ("timeout=-1", "timeout=-1: give a number of seconds"),
         ("index=maybe", "index=maybe: give on or off"),
@@ -155,3 +156,14 @@ def test_id_mapping_both_ways() -> None:
 def test_bad_fuse_overlayfs_values(opt: str, message: str) -> None:
     with pytest.raises(UsageError, match="^" + message.replace("(", r"\(")):
         build_config([], "/m", [f"lowerdir=/a,{opt}"])
+
+
+def test_userxattr_means_no_redirects_unless_asked() -> None:
+    """As overlayfs (``redirect_dir=nofollow`` with ``userxattr``); an explicit
+    ``redirect_dir=on`` is kept, as fuse-overlayfs keeps it."""
+    cfg = build_config([], "/m", ["lowerdir=/a,userxattr"])
+    assert cfg.userxattr and not cfg.redirect_dir
+    cfg = build_config([], "/m", ["lowerdir=/a,redirect_dir=on,userxattr"])
+    assert cfg.userxattr and cfg.redirect_dir
+    cfg = build_config([], "/m", ["lowerdir=/a"])
+    assert not cfg.userxattr and cfg.redirect_dir

@@ -200,7 +200,12 @@ def serve(
     upper = None
     if config.work is not None:
         try:
-            upper = Upper.open(layers[0], config.work, oci_whiteouts=config.oci_whiteouts)
+            upper = Upper.open(
+                layers[0],
+                config.work,
+                oci_whiteouts=config.oci_whiteouts,
+                userxattr=config.userxattr,
+            )
         except OSError as e:
             for la in layers:
                 la.close()
@@ -215,9 +220,16 @@ def serve(
         sync=config.fsync,
         uids=config.uids,
         gids=config.gids,
+        override_stat=config.override_stat,
     )
     try:
-        ops = Operations(fs, debug=debug, cache_timeout=config.cache_timeout, acl=config.acl)
+        ops = Operations(
+            fs,
+            debug=debug,
+            cache_timeout=config.cache_timeout,
+            acl=config.acl,
+            writeback=config.writeback,
+        )
         mountpoint = os.path.realpath(config.mountpoint)
         with _capture_stderr() as libfuse_said:
             try:

@@ -493,6 +493,7 @@ class Operations(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._writable()
+        self.fs.check_settable(name, value)
         await self._copy_up(self.fs.node(inode), "setxattr")
         groups = None
         if ctx.uid != 0 and name == ACL_ACCESS_XATTR:

@@ -7,8 +7,8 @@ error, not something to ignore silently.
 
 Every option of fuse-overlayfs 1.x is accepted: those that act here set a
 field of `MountConfig` (``volatile``/``fsync=``, ``timeout=``, ``debug``,
-``noacl``, ``redirect_dir=``, the owner mapping of ``uidmapping=``,
-``gidmapping=`` and ``squash_to_*``); the others (``NO_EFFECT_*``) are checked
+``noacl``, ``redirect_dir=``, ``userxattr``, the owner mapping of
+``uidmapping=``, ``gidmapping=`` and ``squash_to_*``); the others (``NO_EFFECT_*``) are checked
 and then change nothing, as README's table says.
 
 `check_overlaps` refuses layer dirs that contain each other, as overlayfs does.
@@ -42,16 +42,14 @@ FUSE_VALUED = frozenset({"fsname", "subtype", "max_read", "context", "fscontext"
 IGNORED_FLAGS = frozenset({"defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
                            "nofail", "owner", "group"})  # fmt: skip
 OUR_VALUED = frozenset({"lowerdir", "upperdir", "workdir", "redirect_dir"})
-OUR_FLAGS = frozenset({"noacl"})
+OUR_FLAGS = frozenset({"noacl", "userxattr"})
 # fuse-overlayfs's and overlayfs's options that change nothing here (README).
-NO_EFFECT_FLAGS = frozenset({"static_nlink", "userxattr"})
+NO_EFFECT_FLAGS = frozenset({"static_nlink"})
 NO_EFFECT_VALUED = {
     "threaded": ("0", "1"),
-    "xattr_permissions": ("0", "1", "2"),
     "index": ("on", "off"),
     "metacopy": ("on", "off"),
     "fast_ino": ("0", "1"),
-    "writeback": ("0", "1"),
 }
 
 
@@ -87,8 +85,20 @@ class MountConfig:
     #: fsync and fsyncdir reach the upper layer; off (``volatile``,
     #: ``fsync=0``) they return at once, as overlayfs's ``volatile``.
     fsync: bool = True
+    #: Let the kernel cache writes (FUSE_WRITEBACK_CACHE, ``writeback=1``):
+    #: small writes reach the daemon in batches; the kernel then keeps mtime
+    #: itself, so a truncate(2) to the current size leaves it unchanged
+    #: (overlayfs on ext4 sets it). Off by default (fuse-overlayfs's is on).
+    writeback: bool = False
     #: Log every request (``-o debug``, like ``--debug``).
     debug: bool = False
+    #: Write the overlay bookkeeping (opaque, origin) as ``user.overlay.*``
+    #: even as root, as overlayfs's ``userxattr``; implies ``redirect_dir=off``
+    #: unless ``redirect_dir=on`` is given (then ``user.overlay.redirect``).
+    userxattr: bool = False
+    #: Read every layer's ``user.containers.override_stat`` and record chown and
+    #: chmod there (``xattr_permissions=1|2``; unionfs.fs.overridestat).
+    override_stat: bool = False
     #: Owners shown and stored (``uidmapping=``/``gidmapping=``, ``squash_to_*``).
     uids: IdMap = field(default_factory=IdMap)
     gids: IdMap = field(default_factory=IdMap)
@@ -162,10 +172,13 @@ def build_config(
     """Combine ``--lower``/``--upper``/``--work`` with ``-o`` options."""
     layer_list = [str(p) for p in lowers]
     fuse_options: set[str] = set()
-    redirect_dir = True
+    redirect_dir: bool | None = None
     acl = True
+    userxattr = False
     fsync = True
+    writeback = False
     debug = False
+    override_stat = False
     cache_timeout = MountConfig.cache_timeout
     ranges: dict[str, tuple[IdRange, ...]] = {"uidmapping": (), "gidmapping": ()}
     squash: dict[str, int | None] = {"uid": None, "gid": None}
@@ -187,10 +200,20 @@ def build_config(
                 else:
                     squash = {"uid": 0, "gid": 0}
                 continue
+            if key == "xattr_permissions":
+                if value not in ("0", "1", "2"):
+                    raise UsageError(f"xattr_permissions={value}: give 0 or 1 or 2")
+                override_stat = value != "0"
+                continue
             if key == "fsync":
                 if value not in ("0", "1"):
                     raise UsageError(f"fsync={value}: give 0 or 1")
                 fsync = value == "1"
+                continue
+            if key == "writeback":
+                if value not in ("0", "1"):
+                    raise UsageError(f"writeback={value}: give 0 or 1")
+                writeback = value == "1"
                 continue
             if key == "timeout":
                 try:
@@ -225,7 +248,10 @@ def build_config(
                 else:
                     work = split_escaped(value, ",")[0]
             elif key in OUR_FLAGS and not eq:
-                acl = False  # noacl
+                if key == "noacl":
+                    acl = False
+                else:
+                    userxattr = True
             elif key in FUSE_VALUED:
                 if not eq:
                     raise UsageError(f"option {key}= needs a value")
@@ -250,10 +276,15 @@ def build_config(
         work=Path(work) if work is not None else None,
         fuse_options=frozenset(fuse_options),
         oci_whiteouts=oci_whiteouts,
-        redirect_dir=redirect_dir,
+        # overlayfs with userxattr writes no redirects (redirect_dir=nofollow);
+        # it refuses an explicit redirect_dir=on, which fuse-overlayfs takes.
+        redirect_dir=not userxattr if redirect_dir is None else redirect_dir,
         acl=acl,
+        userxattr=userxattr,
         fsync=fsync,
+        writeback=writeback,
         debug=debug,
+        override_stat=override_stat,
         cache_timeout=cache_timeout,
         uids=IdMap(ranges["uidmapping"], squash["uid"]),
         gids=IdMap(ranges["gidmapping"], squash["gid"]),
