@@ -255,6 +255,7 @@ def serve(
             except OSError as e:
                 log.warning("cannot publish the mount's state in %s: %s", runstate.run_dir(), e)
             else:
+                log.info("the mount's state is in %s", state.state_path)
                 control = _open_control(state, fs)
             ready()
             trio.run(_serve, control)
@@ -346,17 +347,28 @@ def _setup_daemon_logging(
 
 def _beside_the_state(mountpoint: str) -> tuple[logging.Handler, str, _Worrying]:
     """The log file beside the mount's state file, where it is, and the watch
-    that removes it at a clean end if nothing worth reading went in."""
+    that removes it at a clean end if nothing worth reading went in. Where the
+    run dir cannot hold it, a new file in the temporary dir does (kept: its
+    first line says why it is there)."""
     try:
         runstate.make_state_dir()
         path = runstate.log_file_path(mountpoint)
         handler = _private_log_file(path)
     except OSError as e:
+        why = f"no log file possible in {runstate.run_dir()}: {e.strerror or e}"
+    else:
+        return handler, str(path), _Worrying(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix="unionfs-", suffix=".log")
+        os.close(fd)
+        handler = _private_log_file(Path(name))
+    except OSError as e:
         raise UnionfsError(
-            f"no syslog (/dev/log) and no log file possible in {runstate.run_dir()}: "
+            f"no syslog (/dev/log) and {why}, nor in {tempfile.gettempdir()}: "
             f"{e.strerror or e}; give --log-file FILE"
         ) from None
-    return handler, str(path), _Worrying(path)
+    handler.emit(logging.makeLogRecord({"name": __name__, "levelname": "WARNING", "msg": why}))
+    return handler, name, _Worrying()
 
 
 def _absolute(config: MountConfig) -> MountConfig:

@@ -6,18 +6,22 @@ read it to find a mount's layers, its control socket and where its daemon
 logs. A file whose daemon is gone (kill -9) is recognised by its pid and
 ignored (`mounts` lists it as stale).
 
-Where: ``/run/unionfs/mounts`` for root, ``$XDG_RUNTIME_DIR/unionfs/mounts``
+Where (`run_dir`): ``/run/unionfs/mounts`` for root, ``$XDG_RUNTIME_DIR/unionfs/mounts``
 (or ``/tmp/unionfs-<uid>/mounts``) for others; the name is a hash of the
 mount point's real path: ``<hash>.json`` the state, ``<hash>.sock`` the
 control socket, ``<hash>.log`` the daemon's log when it has no syslog
 (kept after the mount ends when there is something to read in it).
+Root of a user namespace (rootless podman runs its mount program there) is
+not the machine's root: ``/run`` is not its own, so it takes the first of
+those dirs it can write, like a normal user, and ``<uid>`` is then the uid
+it is outside the namespace (the user's own dir, seen from inside).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import logging
 import os
 import stat
 from dataclasses import asdict, dataclass, fields
@@ -26,14 +30,67 @@ from pathlib import Path
 from unionfs.errors import UnionfsError
 from unionfs.fuse.mounttab import unionfs_mounts
 
+log = logging.getLogger(__name__)
+
 
 def run_dir() -> Path:
-    if os.geteuid() == 0:
-        return Path("/run/unionfs")
+    """The first of `run_dir_candidates` this process can use: the daemon and
+    the commands of one user (in one user namespace) agree on it."""
+    candidates = run_dir_candidates()
+    for d in candidates:
+        if _usable(d):
+            return d
+    return candidates[-1]
+
+
+def run_dir_candidates() -> list[Path]:
+    """Where a mount's state may go, first choice first: ``/run/unionfs`` for
+    root, then ``$XDG_RUNTIME_DIR/unionfs``, then ``/tmp/unionfs-<uid>``
+    with the uid this user has outside its user namespace."""
+    dirs = [Path("/run/unionfs")] if os.geteuid() == 0 else []
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "unionfs"
-    return Path(f"/tmp/unionfs-{os.geteuid()}")  # noqa: S108 (private: mode 0700, checked owner)
+    if runtime and os.path.isabs(runtime):
+        dirs.append(Path(runtime) / "unionfs")
+    dirs.append(Path(f"/tmp/unionfs-{outer_uid()}"))  # noqa: S108 (private: mode 0700, checked owner)
+    return dirs
+
+
+def outer_uid() -> int:
+    """The uid that this process's euid is in the parent user namespace (the
+    euid itself outside any user namespace, or without /proc)."""
+    euid = os.geteuid()
+    try:
+        with open("/proc/self/uid_map", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return euid
+    for line in lines:
+        try:
+            inside, outside, count = (int(x) for x in line.split())
+        except ValueError:
+            continue
+        if inside <= euid < inside + count:
+            return outside + euid - inside
+    return euid
+
+
+def _usable(path: Path) -> bool:
+    """Whether `path` is a private dir of this user, or one it can make: root
+    of a user namespace sees the machine's /run/unionfs as owned by nobody
+    and cannot write /run."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent  # make_state_dir makes the missing parents
+        return os.access(parent, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+_EFFECTIVE = os.access in os.supports_effective_ids
 
 
 def _state_dir() -> Path:
@@ -112,11 +169,15 @@ def publish(state: MountState) -> None:
 
 
 def withdraw(state: MountState) -> None:
-    """Remove the state file and the socket (when the mount ends)."""
-    with contextlib.suppress(FileNotFoundError):
-        state.state_path.unlink()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(state.control)
+    """Remove the state file and the socket (when the mount ends); one that
+    cannot be removed is logged, never raised: the unmount goes on."""
+    for path in (state.state_path, Path(state.control)):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove %s: %s", path, e.strerror or e)
 
 
 def withdraw_stale(mountpoint: str | os.PathLike[str]) -> bool:
