@@ -9,6 +9,8 @@ against kernel overlayfs where overlayfs has the behaviour.
   listing still sees every change made through the mount.
 - `EntryAttributes.reported_ino`: an entry reports an inode number apart from
   its node id (lower hard links: see test_redirect_diff and test_write_diff).
+- The request loop reads the non-blocking FUSE fd before it waits for it, and
+  other tasks still run while clients keep the request queue full.
 
 With a stock pyfuse3 the tests of a missing feature are expected failures with
 their reason; the listing tests hold either way.
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from tests.fuse.test_parity_diff import _fallocate
 from tests.fuse.test_write_diff import differential
 from tests.support import pyfuse3_features
 from tests.support.cli import REPO
-from tests.support.kernel import TmpMounts
+from tests.support.kernel import TmpMounts, unionfs_daemon_pids, wait_for
 from tests.support.stack import Dir, File, HardLink, Layer, Whiteout, build_stack
 from unionfs.fuse import control, entryino, runstate
 
@@ -233,6 +237,87 @@ def test_reported_ino_is_apart_from_the_node_id() -> None:
     assert entryino.API and entryino.SUPPORTED
 
 
+# --------------------------------------------------------------------------- request loop
+
+
+def fuse_fd_flags(pid: int) -> int:
+    """The open flags of the daemon's /dev/fuse descriptor."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        if os.readlink(fd) == "/dev/fuse":
+            fdinfo = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+            (flags,) = (ln.split()[1] for ln in fdinfo.splitlines() if ln.startswith("flags:"))
+            return int(flags, 8)
+    raise AssertionError(f"process {pid} has no /dev/fuse open")
+
+
+@pytest.mark.xfail(
+    not pyfuse3_features.RECEIVES_FIRST,
+    reason="a stock pyfuse3 (3.5) waits for the FUSE fd through the event loop before"
+    " every read, on a blocking fd (patches/pyfuse3 reads first)",
+    strict=True,
+)
+def test_workers_read_a_non_blocking_fuse_fd(tmp_path: Path, tmp_mounts: TmpMounts) -> None:
+    """The daemon's FUSE fd is non-blocking, so a worker can try a read before
+    it waits: with a blocking fd that read would stall the event loop."""
+    mnt = tmp_mounts.unionfs(build_stack(STACK, tmp_path / "layers", "chardev"))
+    (pid,) = unionfs_daemon_pids(mnt)
+    assert fuse_fd_flags(pid) & os.O_NONBLOCK
+    assert (mnt / "d/top").read_bytes() == b"top\n"
+
+
+# A client that keeps asking one file for its attributes and an attribute it
+# does not have, until the stop file exists; prints how many rounds it did.
+FLOOD_CLIENT = """
+import errno, os, sys
+path, want, stop = sys.argv[1], sys.argv[2].encode(), sys.argv[3]
+n = 0
+while n < 200 or not os.path.exists(stop):
+    assert os.lstat(path).st_size == len(want)
+    try:
+        os.getxattr(path, "user.nothing", follow_symlinks=False)
+    except OSError as e:
+        assert e.errno == errno.ENODATA, e
+    else:
+        raise AssertionError("user.nothing is there")
+    if n % 50 == 0:
+        with open(path, "rb") as f:
+            assert f.read() == want
+    n += 1
+print(n)
+"""
+
+
+def test_other_tasks_run_during_a_flood_of_requests(tmp_path: Path, tmp_mounts: TmpMounts) -> None:
+    """Clients that keep the request queue full get right answers, and the
+    daemon's other tasks (its control socket) still answer meanwhile: workers
+    that never wait for the fd yield to the event loop now and then."""
+    mnt = tmp_mounts.unionfs(build_stack(STACK, tmp_path / "layers", "chardev"))
+    stop = tmp_path / "stop"
+    files = [("d/top", "top\n"), ("d/low", "low\n"), ("d/sub/inner", "inner\n")]
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-c", FLOOD_CLIENT, str(mnt / name), want, str(stop)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name, want in files * 2
+    ]
+    try:
+        wait_for(lambda: requests(mnt).get("getxattr", 0) >= 1000, "no flood of getxattr")
+        before = requests(mnt)["getxattr"]
+        # Each check is a control query answered while the clients keep asking.
+        wait_for(
+            lambda: requests(mnt)["getxattr"] >= before + 5000,
+            "the control socket stopped answering, or the clients stopped",
+        )
+        assert all(c.poll() is None for c in clients), "a client ended before the stop file"
+    finally:
+        stop.touch()
+        outs = [c.communicate()[0] for c in clients]
+    assert [c.returncode for c in clients] == [0] * len(clients)
+    assert all(int(out) >= 200 for out in outs), outs
+
+
 def test_the_test_environment_runs_the_patched_pyfuse3() -> None:
     """scripts/test runs scripts/setup, which installs pyfuse3 built with every
     patch in patches/pyfuse3 (version ``3.5.0+unionfs.<hash of the patches>``):
@@ -247,5 +332,6 @@ def test_the_test_environment_runs_the_patched_pyfuse3() -> None:
             pyfuse3_features.DONT_MASK,
             pyfuse3_features.CACHE_DIRS,
             pyfuse3_features.REPORTED_INO,
+            pyfuse3_features.RECEIVES_FIRST,
         )
     )

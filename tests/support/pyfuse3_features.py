@@ -4,6 +4,7 @@ patches enable are expected failures with a stock pyfuse3, and must pass with
 the patched one."""
 
 import pyfuse3
+import pyfuse3.asyncio as pyfuse3_asyncio
 
 #: FUSE_FALLOCATE reaches `Operations.fallocate` (0001-fallocate.patch).
 FALLOCATE = hasattr(pyfuse3.Operations, "fallocate")
@@ -14,3 +15,7 @@ DONT_MASK = hasattr(pyfuse3.Operations, "enable_dont_mask")
 CACHE_DIRS = hasattr(pyfuse3.FileInfo, "cache_readdir")
 #: `EntryAttributes.reported_ino` (0004-entry-reported-ino.patch).
 REPORTED_INO = hasattr(pyfuse3.EntryAttributes, "reported_ino")
+#: Workers read the non-blocking FUSE fd before they wait for it, and the
+#: asyncio shim has the `checkpoint` they yield at
+#: (0006-session-loop-receive-first.patch).
+RECEIVES_FIRST = hasattr(pyfuse3_asyncio, "checkpoint")

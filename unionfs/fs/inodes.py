@@ -27,8 +27,9 @@ ROOT_INO = 1
 _INO_MASK = (1 << 63) - 1  # keep st_ino positive for every consumer of stat
 _KEY = struct.Struct("<QQQ")
 _U64 = 0xFFFFFFFFFFFFFFFF
-# Device numbers and block sizes repeat across every entry of a layer: one int
-# object each instead of one per node.
+# Device numbers, block sizes, modes and owners repeat across the entries of a
+# layer (a few dozen distinct values in an image): one int object each instead
+# of one per node (Python shares only the ints up to 256).
 _SHARED_INTS: dict[int, int] = {}
 
 
@@ -59,12 +60,12 @@ class NodeStat:
     )
 
     def __init__(self, st: "os.stat_result | NodeStat") -> None:
-        self.st_mode: int = st.st_mode
+        self.st_mode: int = _shared(st.st_mode)
         self.st_ino: int = st.st_ino
         self.st_dev: int = _shared(st.st_dev)
         self.st_nlink: int = st.st_nlink
-        self.st_uid: int = st.st_uid
-        self.st_gid: int = st.st_gid
+        self.st_uid: int = _shared(st.st_uid)
+        self.st_gid: int = _shared(st.st_gid)
         self.st_rdev: int = st.st_rdev
         self.st_size: int = st.st_size
         self.st_blksize: int = _shared(st.st_blksize)
