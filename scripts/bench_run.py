@@ -39,11 +39,16 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from types import FrameType
+from typing import ClassVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fuse_requests import RequestCounter  # beside this script
 
 DEFAULT_ROOT = Path("/var/tmp/unionfs-bench")  # noqa: S108  (a fixed cache, run as root)
 SOURCES = [Path("/usr/lib/python3.11"), Path("/usr/share")]
@@ -344,11 +349,40 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def timed(cmd: str, cwd: Path | None = None) -> float:
-    """Seconds a shell command takes; it must succeed."""
-    start = time.perf_counter()
-    subprocess.run(["sh", "-c", cmd], check=True, stdout=subprocess.DEVNULL, cwd=cwd)
-    return time.perf_counter() - start
+class Requests:
+    """The FUSE requests behind each metric of the workload being run: `timed`
+    counts them when it is given the metric and a FUSE mount is being measured
+    (`Mount` sets `mnt`)."""
+
+    counter: ClassVar[RequestCounter | None] = None
+    mnt: ClassVar[Path | None] = None
+    counts: ClassVar[dict[str, Counter[str]]] = {}
+
+
+def timed(cmd: str, cwd: Path | None = None, metric: str | None = None) -> float:
+    """Seconds a shell command takes; it must succeed. With `metric`, the FUSE
+    requests it causes go to ``Requests.counts[metric]``."""
+    with counting(metric):
+        start = time.perf_counter()
+        subprocess.run(["sh", "-c", cmd], check=True, stdout=subprocess.DEVNULL, cwd=cwd)
+        return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def counting(metric: str | None) -> Iterator[None]:
+    """Count the FUSE requests of what runs inside into ``Requests.counts[metric]``
+    (nothing without a metric, a counter or a FUSE mount being measured)."""
+    counter, mnt = Requests.counter, Requests.mnt
+    if metric is None or counter is None or mnt is None:
+        yield
+        return
+    counter.start(mnt)
+    try:
+        yield
+    finally:
+        counts = counter.stop()
+        if counts is not None:
+            Requests.counts[metric] = counts
 
 
 def daemon_pid(mnt: Path) -> int | None:
@@ -434,12 +468,14 @@ class Mount:
                 self.pid = daemon_pid(self.mnt)
                 if self.pid is None:
                     raise RuntimeError(f"no {self.impl.name} process serves {self.mnt}")
+                Requests.mnt = self.mnt
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        Requests.mnt = None
         unmount(self.mnt, self.impl)
         pid = self.pid
         if pid is not None:
@@ -515,7 +551,10 @@ def w_walk(m: Mount) -> Result:
     """find printing size, mode and owner of every entry; cold, warm; then the RSS."""
     walk = f"find {m.mnt} -printf '%s %m %u\\n'"
     drop_caches()
-    out = {M_FIND_COLD: timed(walk), M_FIND_WARM: timed(walk)}
+    out = {
+        M_FIND_COLD: timed(walk, metric=M_FIND_COLD),
+        M_FIND_WARM: timed(walk, metric=M_FIND_WARM),
+    }
     if m.pid is not None:
         out[M_RSS] = rss_mib(m.pid)
     return out
@@ -525,14 +564,17 @@ def w_ls(m: Mount) -> Result:
     """ls -lR of the whole mount (lstat, and the xattrs ls asks for); cold, warm."""
     walk = f"ls -lR {m.mnt}"
     drop_caches()
-    return {M_LS_COLD: timed(walk), M_LS_WARM: timed(walk)}
+    return {M_LS_COLD: timed(walk, metric=M_LS_COLD), M_LS_WARM: timed(walk, metric=M_LS_WARM)}
 
 
 def w_read(m: Mount) -> Result:
     """cat every regular file except the big ones; cold, warm."""
     read = f"find {m.mnt} -path {m.mnt}/big -prune -o -type f -exec cat {{}} + > /dev/null"
     drop_caches()
-    return {M_READ_COLD: timed(read), M_READ_WARM: timed(read)}
+    return {
+        M_READ_COLD: timed(read, metric=M_READ_COLD),
+        M_READ_WARM: timed(read, metric=M_READ_WARM),
+    }
 
 
 def w_bigread(m: Mount) -> Result:
@@ -541,7 +583,10 @@ def w_bigread(m: Mount) -> Result:
     mb = path.stat().st_size / 1e6
     cmd = f"dd if={path} of=/dev/null bs=1M status=none"
     drop_caches()
-    return {M_BIG_COLD: mb / timed(cmd), M_BIG_WARM: mb / timed(cmd)}
+    return {
+        M_BIG_COLD: mb / timed(cmd, metric=M_BIG_COLD),
+        M_BIG_WARM: mb / timed(cmd, metric=M_BIG_WARM),
+    }
 
 
 def _fio_iops(path: Path, seconds: int, invalidate: bool) -> float:
@@ -577,13 +622,14 @@ def w_copyup(m: Mount) -> Result:
     """
     _read_lower(m.ds, [m.ds.copyup])
     path = m.mnt / m.ds.copyup
-    start = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.pwrite(fd, b"x", 0)
-    finally:
-        os.close(fd)
-    seconds = time.perf_counter() - start
+    with counting(M_COPYUP):
+        start = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"x", 0)
+        finally:
+            os.close(fd)
+        seconds = time.perf_counter() - start
     expect = m.ds.size.copyup_mib * MIB
     if path.stat().st_size != expect:
         raise RuntimeError(f"{path} has {path.stat().st_size} bytes after copy-up, not {expect}")
@@ -607,21 +653,22 @@ def _read_lower(ds: Dataset, rels: list[str]) -> None:
 def w_chmod(m: Mount) -> Result:
     """chmod 600 of lower files (a metadata change that copies each file up)."""
     _read_lower(m.ds, m.ds.chmod_list.read_text().splitlines())
-    return {M_CHMOD: timed(f"xargs -d '\\n' chmod 600 < {m.ds.chmod_list}", cwd=m.mnt)}
+    chmod = f"xargs -d '\\n' chmod 600 < {m.ds.chmod_list}"
+    return {M_CHMOD: timed(chmod, cwd=m.mnt, metric=M_CHMOD)}
 
 
 def w_untar(m: Mount) -> Result:
     """tar x of an archive of small files into the mount, then rm -rf of them."""
     m.ds.untar_archive.read_bytes()  # in the page cache, as for every implementation
-    untar = timed(f"tar xf {m.ds.untar_archive} -C {m.mnt}")
-    return {M_UNTAR: untar, M_RM: timed(f"rm -rf {m.mnt}/untar")}
+    untar = timed(f"tar xf {m.ds.untar_archive} -C {m.mnt}", metric=M_UNTAR)
+    return {M_UNTAR: untar, M_RM: timed(f"rm -rf {m.mnt}/untar", metric=M_RM)}
 
 
 def w_write(m: Mount) -> Result:
     """dd of zeros in 1 MiB blocks into a new file, fsync included (MB/s)."""
     mib = m.ds.size.write_mib
     cmd = f"dd if=/dev/zero of={m.mnt}/written bs=1M count={mib} conv=fsync status=none"
-    return {M_WRITE: mib * MIB / 1e6 / timed(cmd)}
+    return {M_WRITE: mib * MIB / 1e6 / timed(cmd, metric=M_WRITE)}
 
 
 @dataclass(frozen=True)
@@ -749,6 +796,32 @@ def table(results: dict[str, dict[str, list[float]]], impls: list[str]) -> str:
     return "\n".join(lines)
 
 
+def requests_table(requests: dict[str, dict[str, list[dict[str, int]]]], impls: list[str]) -> str:
+    """Markdown: per metric and FUSE implementation, the median number of
+    requests and the opcodes that make up most of them."""
+    lines = [
+        "| workload | " + " | ".join(impls) + " |",
+        "|---|" + "---|" * len(impls),
+    ]
+    for name in METRICS:
+        if not any(requests[i].get(name) for i in impls):
+            continue
+        cells = []
+        for impl in impls:
+            runs = requests[impl].get(name)
+            if not runs:
+                cells.append("—")
+                continue
+            mid = sorted(runs, key=lambda c: sum(c.values()))[len(runs) // 2]
+            total = sum(v for k, v in mid.items() if k != "lost")
+            top = sorted(((v, k) for k, v in mid.items() if k != "lost"), reverse=True)[:3]
+            parts = ", ".join(f"{v:,} {k}" for v, k in top)
+            lost = f", {mid['lost']:,} lost" if mid.get("lost") else ""
+            cells.append(f"{total:,} ({parts}{lost})" if total else "0")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def targets_table(results: dict[str, dict[str, list[float]]]) -> str:
     """Markdown: each target of unionfs, the measured ratio (or value) and whether it holds."""
     lines = ["| target | unionfs | met |", "|---|---|---|"]
@@ -872,6 +945,11 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--json", type=Path, help="raw results (default <root>/results-<size>.json)")
     ap.add_argument("--no-plot", action="store_true", help="do not chart (default: <json>.png)")
+    ap.add_argument(
+        "--no-requests",
+        action="store_true",
+        help="do not count FUSE requests (kernel tracepoint fuse:fuse_request_send)",
+    )
     args = ap.parse_args()
     if args.runs is not None and args.runs < 1:
         ap.error("--runs must be at least 1")
@@ -907,6 +985,12 @@ def main() -> int:
     built = time.monotonic() - started
     scratch = args.root / "scratch"
     results: dict[str, dict[str, list[float]]] = {i: {} for i in impls}
+    # FUSE requests per implementation, metric and run, by opcode
+    requests: dict[str, dict[str, list[dict[str, int]]]] = {i: {} for i in impls}
+    if not args.no_requests and any(IMPLS[i].is_fuse for i in impls):
+        Requests.counter = RequestCounter()
+        if Requests.counter.problem:
+            print(f"FUSE requests not counted: {Requests.counter.problem}", file=sys.stderr)
     errors: list[str] = []
     wall: dict[str, list[float]] = {}  # seconds per workload step, mounting included
     with cleanup(scratch):
@@ -929,6 +1013,11 @@ def main() -> int:
                         wall.setdefault(wname, []).append(time.monotonic() - step)
                     for k, v in res.items():
                         results[impl].setdefault(k, []).append(v)
+                    for k, c in Requests.counts.items():
+                        requests[impl].setdefault(k, []).append(dict(c))
+                    Requests.counts = {}
+    if Requests.counter is not None:
+        Requests.counter.close()
     elapsed = time.monotonic() - started
     info["loadavg_at_end"] = os.getloadavg()
     info["disk"] = disk(args.root)
@@ -945,6 +1034,7 @@ def main() -> int:
         "workload_seconds": {w: sum(t) for w, t in wall.items()},
         "metrics": {k: asdict(m) for k, m in METRICS.items()},
         "results": results,
+        "requests": {i: r for i, r in requests.items() if r},
         "errors": errors,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -955,6 +1045,9 @@ def main() -> int:
         "↑ higher is better, ↓ lower is better\n"
     )
     print(table(results, impls))
+    if any(requests.values()):
+        print("\nFUSE requests the kernel sent per measurement (median of the runs)\n")
+        print(requests_table(requests, [i for i in impls if requests[i]]))
     print("\nunionfs targets (ratios of medians)\n")
     print(targets_table(results))
     for err in errors:
