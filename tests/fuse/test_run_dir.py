@@ -34,8 +34,6 @@ RUN_DIR = f"{sys.executable} -c 'from unionfs.fuse import runstate; print(runsta
 #: No run dir at all: a fresh /tmp whose unionfs-<uid> another could write
 #: (mode 0777), no $XDG_RUNTIME_DIR, and /run is the machine root's.
 NO_RUN_DIR = """\
-mount -t tmpfs tmpfs /tmp
-mkdir -m 0777 /tmp/unionfs-{uid}
 {py} -m unionfs mount --lower {b}/lower {b}/mnt
 cat {b}/mnt/f
 {py} -m unionfs mounts --json
@@ -109,8 +107,17 @@ def test_root_of_a_user_namespace_uses_the_users_run_dir(user: int, base: Path) 
 def test_a_daemon_without_a_run_dir_still_mounts(user: int, base: Path, open_fuse: None) -> None:
     """Its log goes to a new file in $TMPDIR that says why; `mounts` lists the
     mount without a state file, `umount` unmounts it."""
-    script = NO_RUN_DIR.format(uid=user, b=base, py=sys.executable)
-    out = _in_userns(user, script, TMPDIR=str(base / "tmp"))
+    # The user's /tmp dir taken by a dir it cannot use (not its own, open to
+    # all), and no $XDG_RUNTIME_DIR.
+    taken = Path(f"/tmp/unionfs-{user}")
+    shutil.rmtree(taken, ignore_errors=True)  # a gone user's of the same uid
+    taken.mkdir()
+    try:
+        taken.chmod(0o777)
+        script = NO_RUN_DIR.format(b=base, py=sys.executable)
+        out = _in_userns(user, script, TMPDIR=str(base / "tmp"))
+    finally:
+        shutil.rmtree(taken)
     text, listing = out.split("\n", 1)
     assert text == "low"
     entry = next(m for m in json.loads(listing) if m["mountpoint"] == str(base / "mnt"))

@@ -386,6 +386,10 @@ def _store_of_a_normal_user(home: Path) -> None:
     store = Store(home / ".local/share/unionfs")
     [diff_id] = store.resolve_image("mine:1").diff_ids
     assert (store.layer_path(diff_id) / ".wh.gone").is_file()
-    assert (store.layer_path(diff_id) / "ro").stat().st_mode & 0o777 == 0o555
+    # the user keeps its layer dirs writable (so it can remove them) and the
+    # image's mode in their override record
+    ro = store.layer_path(diff_id) / "ro"
+    assert ro.stat().st_mode & 0o777 == 0o755
+    assert os.getxattr(ro, "user.containers.override_stat") == b"0:0:0555:dir"
     assert "Deleted layer" in as_nobody("rmi", "mine:1")
     assert store.layer_ids() == [] and staging_entries(store) == []

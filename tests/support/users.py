@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +31,23 @@ def temporary_user(prefix: str = "ufs") -> Iterator[pwd.struct_passwd]:
         check=True,
         capture_output=True,
     )
+    pw = pwd.getpwnam(name)
     try:
-        yield pwd.getpwnam(name)
+        yield pw
     finally:
         subprocess.run(["userdel", name], check=True, capture_output=True)
+        _remove_run_dir(pw.pw_uid)
+
+
+def _remove_run_dir(uid: int) -> None:
+    """Remove the run dir a daemon of the gone user `uid` made without
+    $XDG_RUNTIME_DIR (``/tmp/unionfs-UID``), as the end of a login session
+    removes its runtime dir: the next user given the same uid must not find
+    it."""
+    path = Path(f"/tmp/unionfs-{uid}")
+    with contextlib.suppress(FileNotFoundError):
+        if path.lstat().st_uid == uid:
+            shutil.rmtree(path)
 
 
 def _first_free_subid(size: int) -> int:
