@@ -36,7 +36,7 @@ def test_values_parse_and_format_as_containers_storage_writes_them() -> None:
         0, 0, 0o600, stat.S_IFBLK, os.makedev(8, 1)
     )
     for bad in (b"", b"1:2", b"a:2:0755", b"1:2:0999", b"1:2:010000", b"1:2:0755:tape",
-                b"-1:2:0755", b"1:2:3:4:5"):  # fmt: skip
+                b"-1:2:0755", b"1:2:3:4:5", b"0:0:0600:char-4096-0"):  # fmt: skip
         assert overridestat.parse(bad) is None, bad
 
 

@@ -27,9 +27,9 @@ ROOT_INO = 1
 _INO_MASK = (1 << 63) - 1  # keep st_ino positive for every consumer of stat
 _KEY = struct.Struct("<QQQ")
 _U64 = 0xFFFFFFFFFFFFFFFF
-# Device numbers, block sizes, modes and owners repeat across the entries of a
-# layer (a few dozen distinct values in an image): one int object each instead
-# of one per node (Python shares only the ints up to 256).
+# Filesystem ids and device numbers repeat across the entries of a layer: one
+# int object each in the origin keys instead of one per node (Python shares
+# only the ints up to 256).
 _SHARED_INTS: dict[int, int] = {}
 
 
@@ -37,44 +37,87 @@ def _shared(value: int) -> int:
     return _SHARED_INTS.setdefault(value, value)
 
 
-class NodeStat:
-    """The lstat fields a node answers with, without the rest of an
-    `os.stat_result` (its float times, its tuple): a node lives as long as the
-    kernel holds its inode, so this is most of the daemon's memory on a large
-    tree. Equal timestamps share one int."""
+# The packed layout of `NodeStat`: (field name, struct code), in order.
+_FIELDS = (
+    ("st_mode", "I"),
+    ("st_uid", "I"),
+    ("st_gid", "I"),
+    ("st_nlink", "I"),
+    ("st_ino", "Q"),
+    ("st_dev", "I"),  # the kernel's dev_t is 32 bits
+    ("st_rdev", "I"),
+    ("st_size", "q"),
+    ("st_blksize", "I"),
+    ("st_blocks", "q"),
+    ("st_atime_ns", "q"),
+    ("st_mtime_ns", "q"),
+    ("st_ctime_ns", "q"),
+)
+_PACKED = struct.Struct("<" + "".join(code for _, code in _FIELDS))
+FIELD_NAMES = tuple(name for name, _ in _FIELDS)
 
-    __slots__ = (
-        "st_atime_ns",
-        "st_blksize",
-        "st_blocks",
-        "st_ctime_ns",
-        "st_dev",
-        "st_gid",
-        "st_ino",
-        "st_mode",
-        "st_mtime_ns",
-        "st_nlink",
-        "st_rdev",
-        "st_size",
-        "st_uid",
-    )
 
-    def __init__(self, st: "os.stat_result | NodeStat") -> None:
-        self.st_mode: int = _shared(st.st_mode)
-        self.st_ino: int = st.st_ino
-        self.st_dev: int = _shared(st.st_dev)
-        self.st_nlink: int = st.st_nlink
-        self.st_uid: int = _shared(st.st_uid)
-        self.st_gid: int = _shared(st.st_gid)
-        self.st_rdev: int = st.st_rdev
-        self.st_size: int = st.st_size
-        self.st_blksize: int = _shared(st.st_blksize)
-        self.st_blocks: int = st.st_blocks
-        mtime = st.st_mtime_ns
-        atime, ctime = st.st_atime_ns, st.st_ctime_ns
-        self.st_mtime_ns: int = mtime
-        self.st_atime_ns: int = mtime if atime == mtime else atime
-        self.st_ctime_ns: int = mtime if ctime == mtime else ctime
+def _field(index: int) -> "property":
+    code = _FIELDS[index][1]
+    offset = struct.calcsize("<" + "".join(c for _, c in _FIELDS[:index]))
+    unpack_from = struct.Struct("<" + code).unpack_from
+
+    def get(self: bytes) -> int:
+        return unpack_from(self, offset)[0]  # type: ignore[no-any-return]
+
+    get.__name__ = _FIELDS[index][0]
+    return property(get)
+
+
+class NodeStat(bytes):
+    """The lstat fields a node answers with, packed in one `bytes` (76 bytes of
+    data, 128 with the object and its GC header) instead of an `os.stat_result` or an object of
+    thirteen ints (about 300 bytes): a node lives as long as the kernel holds
+    its inode, so this is most of the daemon's memory on a large tree.
+
+    Immutable: `with_fields` makes a changed copy. Each field reads as the
+    attribute of `os.stat_result`'s name; `fields()` unpacks them all at once
+    (in `FIELD_NAMES` order) for a reader that wants most of them.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, st: "os.stat_result | NodeStat") -> "NodeStat":
+        if isinstance(st, NodeStat):
+            return st
+        return bytes.__new__(
+            cls,
+            _PACKED.pack(
+                st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_ino, st.st_dev,
+                st.st_rdev, st.st_size, st.st_blksize, st.st_blocks,
+                st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
+            ),
+        )  # fmt: skip
+
+    st_mode = _field(0)
+    st_uid = _field(1)
+    st_gid = _field(2)
+    st_nlink = _field(3)
+    st_ino = _field(4)
+    st_dev = _field(5)
+    st_rdev = _field(6)
+    st_size = _field(7)
+    st_blksize = _field(8)
+    st_blocks = _field(9)
+    st_atime_ns = _field(10)
+    st_mtime_ns = _field(11)
+    st_ctime_ns = _field(12)
+
+    def fields(self) -> tuple[int, ...]:
+        """Every field, in `FIELD_NAMES` order."""
+        return _PACKED.unpack(self)
+
+    def with_fields(self, **changes: int) -> "NodeStat":
+        """A copy with the fields named in `changes` set."""
+        values = list(_PACKED.unpack(self))
+        for name, value in changes.items():
+            values[FIELD_NAMES.index(name)] = value
+        return bytes.__new__(NodeStat, _PACKED.pack(*values))
 
     def __repr__(self) -> str:
         return (

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unionfs.fs import whiteout
+from unionfs.fs.inodes import NodeStat
 from unionfs.fs.merge import Copy, Kind
 
 NAME_MAX = 255
@@ -110,7 +111,7 @@ def fd_listxattr(fd: int) -> list[bytes]:
     return [n.encode("utf-8", "surrogateescape") for n in names]
 
 
-def is_xattr_whiteout(dirfd: int, name: bytes, st: os.stat_result) -> bool:
+def is_xattr_whiteout(dirfd: int, name: bytes, st: "os.stat_result | NodeStat") -> bool:
     """A zero-size regular file marked with an overlay whiteout xattr."""
     if not whiteout.may_be_xattr_whiteout(st):
         return False
@@ -181,7 +182,7 @@ def copy_of(layer: int, kind: Kind) -> Copy:
     return copy
 
 
-def classify(layer: int, dirfd: int, name: bytes, st: os.stat_result | None) -> Copy:
+def classify(layer: int, dirfd: int, name: bytes, st: "os.stat_result | NodeStat | None") -> Copy:
     """What a layer holds under `name`, given its lstat (or None when absent).
 
     The OCI form ``.wh.NAME`` is looked for by the caller (it is a sibling
@@ -214,13 +215,18 @@ def observe(
     return classify(layer, dirfd, name, st), st
 
 
-def scan_dir(fd: int) -> list[tuple[bytes, os.stat_result]]:
-    """Every entry of an open directory with its lstat, in directory order."""
-    out: list[tuple[bytes, os.stat_result]] = []
+def scan_dir(fd: int) -> list[tuple[bytes, NodeStat]]:
+    """Every entry of an open directory with its lstat, in directory order.
+
+    Each lstat is packed (`NodeStat`) as it is read: an `os.stat_result` is
+    about twenty objects, and the thousands of a large directory, alive at
+    once, would leave the allocator's pools of small blocks fragmented by the
+    nodes made in between, for as long as the daemon runs."""
+    out: list[tuple[bytes, NodeStat]] = []
     with os.scandir(fd) as it:
         for entry in it:
             try:
-                st = entry.stat(follow_symlinks=False)
+                st = NodeStat(entry.stat(follow_symlinks=False))
             except FileNotFoundError:
                 continue
             out.append((os.fsencode(entry.name), st))

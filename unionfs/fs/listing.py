@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from unionfs.fs import layer as io
 from unionfs.fs import whiteout
 from unionfs.fs.core import Core, _err
-from unionfs.fs.inodes import Node
+from unionfs.fs.inodes import Node, StatLike
 from unionfs.fs.layer import NAME_MAX
 from unionfs.fs.merge import Copy, Kind, resolve
 
@@ -39,7 +39,7 @@ class Listings(Core):
 
     def list_dir(self, node: Node) -> list[tuple[bytes, Node]]:
         """The merged entries of a directory, top layer's names first."""
-        per_name: dict[bytes, list[tuple[Copy, os.stat_result | None]]] = {}
+        per_name: dict[bytes, list[tuple[Copy, StatLike | None]]] = {}
         fds: dict[int, int] = {}
         for dc in node.copies:
             fd = self.dir_fd(node, dc.layer)
@@ -68,7 +68,7 @@ class Listings(Core):
 
             def is_opaque(
                 copy: Copy,
-                seen: list[tuple[Copy, os.stat_result | None]] = seen,
+                seen: list[tuple[Copy, StatLike | None]] = seen,
                 below: dict[int, int] = below,
                 name: bytes = name,
                 redirected: list[bool] = redirected,
@@ -93,9 +93,10 @@ class Listings(Core):
                 continue
             if redirected:
                 # A renamed directory: its lower content is elsewhere.
-                res, top_st = self.resolve_child(node, name)
-                if top_st is None:
+                res, found = self.resolve_child(node, name)
+                if found is None:
                     continue
+                top_st: StatLike | None = found
             else:
                 top_st = seen[below[res.visible[0].layer]][1]
             assert top_st is not None  # a visible copy always has its lstat

@@ -95,9 +95,11 @@ def _parse_type(text: bytes) -> tuple[int | None, int]:
     major, _, minor = rest.partition(b"-")
     if name in _DEVICES and major.isdigit() and minor.isdigit():
         try:
-            return _DEVICES[name], os.makedev(int(major), int(minor))
+            rdev = os.makedev(int(major), int(minor))
         except (OverflowError, ValueError):
             return None, 0
+        if rdev < 2**32:  # the kernel's dev_t (12-bit major, 20-bit minor)
+            return _DEVICES[name], rdev
     return None, 0
 
 
@@ -132,17 +134,20 @@ def shown(st: StatLike, value: bytes | None) -> StatLike:
     ov = parse(value)
     if ov is None or not may_carry(st):
         return st
-    out = NodeStat(st)
-    out.st_uid, out.st_gid = ov.uid, ov.gid
     kind = stat.S_IFMT(st.st_mode)
-    rdev = st.st_rdev
+    rdev, size, blocks = st.st_rdev, st.st_size, st.st_blocks
     if kind == stat.S_IFREG and ov.kind in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR,
                                              stat.S_IFBLK):  # fmt: skip
         kind, rdev = ov.kind, ov.rdev
-        out.st_size = out.st_blocks = 0
-    out.st_mode = kind | ov.mode
-    out.st_rdev = rdev
-    return out
+        size = blocks = 0
+    return NodeStat(st).with_fields(
+        st_uid=ov.uid,
+        st_gid=ov.gid,
+        st_mode=kind | ov.mode,
+        st_rdev=rdev,
+        st_size=size,
+        st_blocks=blocks,
+    )
 
 
 def disk_mode(mode: int) -> int:

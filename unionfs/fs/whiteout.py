@@ -19,6 +19,10 @@ visible names of the merged view.
 
 import os
 import stat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unionfs.fs.inodes import NodeStat
 
 OCI_PREFIX = b".wh."
 OCI_OPAQUE = b".wh..wh..opq"
@@ -46,12 +50,12 @@ def oci_whiteout_target(name: bytes) -> bytes | None:
     return target or None
 
 
-def is_chardev_whiteout(st: os.stat_result) -> bool:
+def is_chardev_whiteout(st: "os.stat_result | NodeStat") -> bool:
     """The overlayfs whiteout: a character device 0/0."""
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def may_be_xattr_whiteout(st: os.stat_result) -> bool:
+def may_be_xattr_whiteout(st: "os.stat_result | NodeStat") -> bool:
     """Only zero-size regular files can be xattr whiteouts (cheap pre-check)."""
     return stat.S_ISREG(st.st_mode) and st.st_size == 0
 

@@ -140,6 +140,8 @@ class Operations(pyfuse3.Operations):
 
     def entry(self, node: Node) -> pyfuse3.EntryAttributes:
         st = node.st
+        # One unpack of the packed lstat (`NodeStat`), in `FIELD_NAMES` order.
+        mode, uid, gid, _, _, _, rdev, size, blksize, blocks, atime, mtime, ctime = st.fields()
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         shown = self.fs.shown_ino(node)
@@ -148,20 +150,20 @@ class Operations(pyfuse3.Operations):
         attr.generation = 0
         attr.entry_timeout = self.timeout
         attr.attr_timeout = self.timeout
-        attr.st_mode = st.st_mode
+        attr.st_mode = mode
         attr.st_nlink = self.fs.link_count(node)
         if self._map_owners:
             attr.st_uid, attr.st_gid = self.fs.shown_owner(st)
         else:
-            attr.st_uid = st.st_uid
-            attr.st_gid = st.st_gid
-        attr.st_rdev = st.st_rdev
-        attr.st_size = st.st_size
-        attr.st_blksize = st.st_blksize
-        attr.st_blocks = st.st_blocks
-        attr.st_atime_ns = st.st_atime_ns
-        attr.st_mtime_ns = st.st_mtime_ns
-        attr.st_ctime_ns = st.st_ctime_ns
+            attr.st_uid = uid
+            attr.st_gid = gid
+        attr.st_rdev = rdev
+        attr.st_size = size
+        attr.st_blksize = blksize
+        attr.st_blocks = blocks
+        attr.st_atime_ns = atime
+        attr.st_mtime_ns = mtime
+        attr.st_ctime_ns = ctime
         return attr
 
     def negative_entry(self) -> pyfuse3.EntryAttributes:
