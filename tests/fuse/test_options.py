@@ -1,11 +1,23 @@
 """Parsing of the mount command's layer lists and -o options."""
 
+import dataclasses
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from unionfs.errors import UsageError
-from unionfs.fuse.options import build_config, exec_flags, split_escaped, split_option_string
+from unionfs.fs.owners import IdMap, IdRange
+from unionfs.fuse.options import (
+    MountConfig,
+    build_config,
+    config_from_json,
+    config_to_json,
+    exec_flags,
+    split_escaped,
+    split_option_string,
+)
 
 
 def test_lower_flags_keep_order_top_first() -> None:
@@ -167,3 +179,27 @@ def test_userxattr_means_no_redirects_unless_asked() -> None:
     assert cfg.userxattr and cfg.redirect_dir
     cfg = build_config([], "/m", ["lowerdir=/a"])
     assert not cfg.userxattr and cfg.redirect_dir
+
+
+def test_a_config_survives_its_way_to_the_daemon_as_json() -> None:
+    """The background daemon gets its config as JSON: every field, with values
+    away from the defaults (a new field that JSON cannot carry fails here), and
+    a path that is not UTF-8."""
+    odd = Path(os.fsdecode(b"/layers/caf\xe9"))
+    cfg = MountConfig(
+        lowers=(odd, Path("/b")),
+        mountpoint=Path("/mnt/x y"),
+        upper=Path("/u"),
+        work=Path("/w"),
+        fuse_options=frozenset({"fsname=img", "noatime"}),
+        uids=IdMap((IdRange(0, 100000, 65536), IdRange(65536, 5, 1))),
+        gids=IdMap(squash=7),
+    )
+    flipped: dict[str, Any] = {}
+    for f in dataclasses.fields(MountConfig):
+        if isinstance(f.default, (bool, float)):
+            flipped[f.name] = not f.default if isinstance(f.default, bool) else f.default + 1.5
+    cfg = dataclasses.replace(cfg, **flipped)
+    back = config_from_json(config_to_json(cfg))
+    assert back == cfg
+    assert os.fsencode(back.lowers[0]) == b"/layers/caf\xe9"

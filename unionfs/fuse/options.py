@@ -20,9 +20,11 @@ asks for them (`exec_flags`), so that mounting an image never hands every local
 user its setuid-root programs or its device nodes.
 """
 
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from unionfs.errors import UnionfsError, UsageError
 from unionfs.fs.owners import IdMap, IdRange
@@ -106,6 +108,45 @@ class MountConfig:
     @property
     def writable(self) -> bool:
         return self.upper is not None
+
+
+def config_to_json(config: MountConfig) -> str:
+    """`config` as JSON, for the background daemon (`config_from_json` reads it
+    back to an equal config). Paths are str (undecodable bytes as the
+    surrogate escapes `Path` holds them in, which JSON keeps)."""
+
+    def encode(value: object) -> object:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, frozenset):
+            return sorted(value)
+        raise TypeError(f"a mount config holds a {type(value).__name__}")
+
+    return json.dumps(asdict(config), default=encode)
+
+
+def config_from_json(text: str) -> MountConfig:
+    """The `MountConfig` that `config_to_json` wrote as `text`."""
+    data = json.loads(text)
+
+    def path(value: str | None) -> Path | None:
+        return None if value is None else Path(value)
+
+    def id_map(value: dict[str, Any]) -> IdMap:
+        return IdMap(tuple(IdRange(**r) for r in value["ranges"]), value["squash"])
+
+    return MountConfig(
+        **{
+            **data,
+            "lowers": tuple(Path(p) for p in data["lowers"]),
+            "mountpoint": Path(data["mountpoint"]),
+            "upper": path(data["upper"]),
+            "work": path(data["work"]),
+            "fuse_options": frozenset(data["fuse_options"]),
+            "uids": id_map(data["uids"]),
+            "gids": id_map(data["gids"]),
+        }
+    )
 
 
 # (allowing flag, refusing flag): what a mount gets unless -o names one of them
