@@ -27,7 +27,7 @@ import pytest
 
 from tests.support.kernel import TmpMounts, force_unmount, mounts_under
 from tests.support.tree import compare, snapshot
-from tests.support.users import temporary_user
+from tests.support.users import fuse_open_to_users, temporary_user
 
 pytestmark = [
     pytest.mark.mount,
@@ -101,12 +101,8 @@ def user() -> Iterator[str]:
 @pytest.fixture
 def open_fuse() -> Iterator[None]:
     """/dev/fuse as Debian ships it (0666), restored after the test."""
-    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
-    os.chmod("/dev/fuse", 0o666)
-    try:
+    with fuse_open_to_users():
         yield
-    finally:
-        os.chmod("/dev/fuse", mode)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ import pytest
 
 from tests.support.kernel import force_unmount, mounts_under
 from tests.support.oci import Entry, Layer, directory, file, oci_layout, tar_bytes, tar_dir
-from tests.support.users import temporary_user
+from tests.support.users import fuse_open_to_users, temporary_user
 
 FUSE_OVERLAYFS = shutil.which("fuse-overlayfs")
 
@@ -134,12 +134,8 @@ def user() -> Iterator[str]:
 @pytest.fixture
 def open_fuse() -> Iterator[None]:
     """/dev/fuse as Debian ships it (0666), restored after the test."""
-    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
-    os.chmod("/dev/fuse", 0o666)
-    try:
+    with fuse_open_to_users():
         yield
-    finally:
-        os.chmod("/dev/fuse", mode)
 
 
 @pytest.fixture
