@@ -24,6 +24,7 @@ import pytest
 
 from tests.support.images import BUSYBOX, RUN_ROOTS, release_mounts
 from tests.support.kernel import mounts_under
+from tests.support.podman import container_steps
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -106,19 +107,7 @@ def _context(path: Path) -> Path:
 def _scenario(pm: Podman, context: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     pm("build", *RUN_OPTIONS, "-t", "localhost/bb:1", str(context))
-    out["run --rm"] = pm(
-        "run", "--rm", *RUN_OPTIONS, "localhost/bb:1", "sh", "-c",
-        f"echo new > /data/new && rm /data/built && chown 7:8 /data/new && {SHOW}",
-    )  # fmt: skip
-    out["root fs"] = pm(
-        "run", "--rm", *RUN_OPTIONS, "localhost/bb:1", "sh", "-c",
-        "grep ' / ' /proc/mounts | cut -d' ' -f3; touch / && chown 0:0 / && echo ok",
-    )  # fmt: skip
-    change = "echo saved > /data/saved && rm /data/built && mkdir -p /etc/x && touch /etc/x/y"
-    pm("run", "--name", "c1", *RUN_OPTIONS, "localhost/bb:1", "sh", "-c", change)
-    pm("commit", "c1", "localhost/bb:2")
-    out["commit"] = pm("run", "--rm", *RUN_OPTIONS, "localhost/bb:2", "sh", "-c",
-                       f"{SHOW}; ls /etc/x")  # fmt: skip
+    out.update(container_steps(pm, RUN_OPTIONS, SHOW))
     merged = Path(pm("mount", "c1").strip())
     try:
         out["mount"] = "\n".join(sorted(p.name for p in (merged / "data").iterdir()))

@@ -38,6 +38,7 @@ import pytest
 
 from tests.support.images import BUSYBOX
 from tests.support.kernel import mounts_under
+from tests.support.podman import container_steps
 from tests.support.users import fuse_open_to_users, subordinate_ids, temporary_user
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
@@ -198,18 +199,7 @@ def _scenario(pm: RootlessPodman, context: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     pm("build", "-t", "localhost/bb:1", str(context))
     out["image"] = pm("run", "--rm", *NET, "localhost/bb:1", "sh", "-c", SHOW)
-    out["run --rm"] = pm(
-        "run", "--rm", *NET, "localhost/bb:1", "sh", "-c",
-        f"echo new > /data/new && rm /data/built && chown 7:8 /data/new && {SHOW}",
-    )  # fmt: skip
-    out["root fs"] = pm(
-        "run", "--rm", *NET, "localhost/bb:1", "sh", "-c",
-        "grep ' / ' /proc/mounts | cut -d' ' -f3; touch / && chown 0:0 / && echo ok",
-    )  # fmt: skip
-    change = "echo saved > /data/saved && rm /data/built && mkdir -p /etc/x && touch /etc/x/y"
-    pm("run", "--name", "c1", *NET, "localhost/bb:1", "sh", "-c", change)
-    pm("commit", "c1", "localhost/bb:2")
-    out["commit"] = pm("run", "--rm", *NET, "localhost/bb:2", "sh", "-c", f"{SHOW}; ls /etc/x")
+    out.update(container_steps(pm, NET, SHOW))
     out["mount"] = pm("unshare", "sh", "-c", MOUNT)
     return out
 

@@ -27,7 +27,7 @@ import pytest
 
 from tests.support.kernel import TmpMounts, force_unmount, mounts_under
 from tests.support.tree import compare, snapshot
-from tests.support.users import fuse_open_to_users, temporary_user
+from tests.support.users import temporary_user
 
 pytestmark = [
     pytest.mark.mount,
@@ -96,13 +96,6 @@ print(json.dumps(out))
 def user() -> Iterator[str]:
     with temporary_user() as pw:
         yield pw.pw_name
-
-
-@pytest.fixture
-def open_fuse() -> Iterator[None]:
-    """/dev/fuse as Debian ships it (0666), restored after the test."""
-    with fuse_open_to_users():
-        yield
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ import pytest
 
 from tests.support.kernel import force_unmount, mounts_under
 from tests.support.oci import Entry, Layer, directory, file, oci_layout, tar_bytes, tar_dir
-from tests.support.users import fuse_open_to_users, temporary_user
+from tests.support.users import temporary_user
 
 FUSE_OVERLAYFS = shutil.which("fuse-overlayfs")
 
@@ -129,13 +129,6 @@ print(json.dumps(out))
 def user() -> Iterator[str]:
     with temporary_user() as pw:
         yield pw.pw_name
-
-
-@pytest.fixture
-def open_fuse() -> Iterator[None]:
-    """/dev/fuse as Debian ships it (0666), restored after the test."""
-    with fuse_open_to_users():
-        yield
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.kernel import force_unmount, mounts_under
-from tests.support.users import fuse_open_to_users, temporary_user
+from tests.support.users import temporary_user
 from unionfs.fuse import runstate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,13 +63,6 @@ def base(user: int) -> Iterator[Path]:
         for m in mounts_under(path):
             force_unmount(m.mountpoint)
         shutil.rmtree(path)
-
-
-@pytest.fixture
-def open_fuse() -> Iterator[None]:
-    """/dev/fuse as Debian ships it (0666), restored after the test."""
-    with fuse_open_to_users():
-        yield
 
 
 def _in_userns(uid: int, script: str, **env: str) -> str:

@@ -495,20 +495,29 @@ class Core:
 
     # -- recorded owners (rootless layers) -------------------------------------------
 
+    def _top_copy(self, node: Node) -> tuple[int, bytes | None]:
+        """`node`'s top copy as a descriptor of it (name None) or a directory
+        descriptor and the name in it. An unlinked node is its first open
+        descriptor (the caller checks it has one)."""
+        layer = node.top_layer
+        if node.parent is None:
+            return self.layers[layer].root_fd, None
+        if node.unlinked and node.open_fds:
+            return node.open_fds[0], None
+        loc = node.location(layer)
+        if isinstance(loc, tuple):
+            return self.dir_fd(node, layer), None
+        return self.dir_fd(node.parent, layer), loc
+
     def override_value(self, node: Node) -> bytes | None:
         """The ``user.containers.override_stat`` of `node`'s top copy (None:
         not set, or this mount does not read them)."""
-        if not self.override_stat:
+        if not self.override_stat or (node.unlinked and not node.open_fds):
             return None
-        layer = node.top_layer
-        if node.parent is None:
-            return io.fd_getxattr(self.layers[layer].root_fd, overridestat.XATTR)
-        if node.unlinked:
-            return io.fd_getxattr(node.open_fds[0], overridestat.XATTR) if node.open_fds else None
-        loc = node.location(layer)
-        if isinstance(loc, tuple):
-            return io.fd_getxattr(self.dir_fd(node, layer), overridestat.XATTR)
-        return io.getxattr_at(self.dir_fd(node.parent, layer), loc, overridestat.XATTR)
+        fd, name = self._top_copy(node)
+        if name is None:
+            return io.fd_getxattr(fd, overridestat.XATTR)
+        return io.getxattr_at(fd, name, overridestat.XATTR)
 
     def show_override(self, node: Node) -> None:
         """Turn `node.st` (a fresh lstat of its top copy) into the stat shown:
@@ -523,14 +532,10 @@ class Core:
         the mount shows; they differ where an override records another owner)."""
         if not self.override_stat:
             return node.st
-        if node.parent is None:
-            return os.fstat(self.layers[node.top_layer].root_fd)
-        if node.unlinked and node.open_fds:
-            return os.fstat(node.open_fds[0])
-        loc = node.location(node.top_layer)
-        if isinstance(loc, tuple):
-            return os.fstat(self.dir_fd(node, node.top_layer))
-        st = io.lstat_at(self.dir_fd(node.parent, node.top_layer), loc)
+        fd, name = self._top_copy(node)
+        if name is None:
+            return os.fstat(fd)
+        st = io.lstat_at(fd, name)
         if st is None:
             raise _err(errno.ENOENT)
         return st
